@@ -1,0 +1,401 @@
+"""The `interp` command line: a thin layer over the library.
+
+Every command parses its arguments and calls one library function with plain values; a notebook can call
+the same function. Problems with the user's input (:class:`interp.errors.InterpError`) are printed as one
+line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit 2 (argparse prints usage + error by default)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"interp: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a level strictly between 0 and 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from interp.synth import write_synthetic
+
+    result = write_synthetic(
+        args.out,
+        task=args.task,
+        n_train=args.n_train,
+        n_valid=args.n_valid,
+        n_test=args.n_test,
+        seq_len=args.seq_len,
+        noise=args.noise,
+        seed=args.seed,
+    )
+    print(f"wrote {result.data_path} and its planted map {result.planted_path}")
+    for concept, feature in result.planted.items():
+        print(f"  concept {concept:>8} <- {feature}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from interp.train import train
+
+    result = train(
+        data_path=args.data,
+        out=args.out,
+        task=args.task,
+        variant=args.variant,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        d_model=args.d_model,
+        n_heads=args.n_heads,
+        n_layers=args.n_layers,
+        d_feature=args.d_feature,
+        d_concept=args.d_concept,
+        concept_dropout=args.dropout,
+        grad_clip=args.grad_clip,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(result.summary())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from interp.evaluate import evaluate
+
+    result = evaluate(
+        args.ckpt, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size, out=args.out
+    )
+    print(result.table())
+    print(f"metrics written to {result.path}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from interp.extract import extract
+
+    run = extract(
+        args.ckpt,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        force=args.force,
+        amp=args.amp,
+        num_workers=args.num_workers,
+        compile=args.compile,
+        progress=not args.quiet,
+    )
+    print(f"run written to {run}")
+    return 0
+
+
+def _cmd_global(args: argparse.Namespace) -> int:
+    from interp.global_report import run_global
+
+    result = run_global(
+        runs=args.run or None,
+        baseline=args.baseline,
+        level=args.level,
+        group=args.group,
+        interval=args.interval,
+        correction=args.correction,
+        split=args.split,
+        out=args.out,
+        bootstrap_samples=args.bootstrap_samples,
+        seed=args.seed,
+    )
+    print(result.render_terminal())
+    print(f"global report written to {result.html_path}")
+    return 0
+
+
+def _cmd_local(args: argparse.Namespace) -> int:
+    from interp.local import run_local
+
+    results = run_local(
+        run=args.run,
+        sample_ids=args.sample_id or [],
+        concept=args.concept,
+        out=args.out,
+        top=args.top,
+        feature=args.feature,
+        by=args.by,
+        random=args.random,
+        seed=args.seed,
+    )
+    for result in results:
+        print(f"{result.sample_id}: {result.html_path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from interp.report import run_report
+
+    path = run_report(runs=args.run or None, out=args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from interp.demo import run_demo
+
+    path = run_demo(out=args.out, quick=args.quick, device=args.device, progress=not args.quiet)
+    print(f"demo report: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="interp",
+        description="Interpret Multimodal Routing models: train, extract routing coefficients, report statistics.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    # data synth
+    data = commands.add_parser("data", help="data sets: `interp data synth` writes planted-truth data")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    data_commands.required = True
+    synth = data_commands.add_parser(
+        "synth",
+        help="write a synthetic data set with planted feature→concept links",
+        description="Write a synthetic data set in the MulT pickle layout where each concept is driven by a "
+        "chosen feature (a modality or an interaction of modalities); the planted map is saved beside it as JSON.",
+    )
+    synth.add_argument("--out", type=Path, default=Path("data/synth.pkl"), help="output pickle (default: %(default)s)")
+    synth.add_argument("--task", default="sentiment", choices=["sentiment", "emotion", "iemocap"])
+    synth.add_argument("--n-train", type=_positive_int, default=2000, help="training samples (default: %(default)s)")
+    synth.add_argument("--n-valid", type=_positive_int, default=400, help="validation samples (default: %(default)s)")
+    synth.add_argument("--n-test", type=_positive_int, default=600, help="test samples (default: %(default)s)")
+    synth.add_argument("--seq-len", type=_positive_int, default=8, help="time steps per modality (default: %(default)s)")
+    synth.add_argument("--noise", type=float, default=0.5, help="noise scale (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_data_synth)
+
+    # train
+    train = commands.add_parser(
+        "train",
+        help="train a Multimodal Routing model",
+        description="Train with Adam, gradient clipping and early stopping; the model is selected on the "
+        "validation split (never on test). The checkpoint holds everything needed to rebuild and interpret it.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="data pickle in the MulT layout")
+    train.add_argument("--task", default="sentiment", choices=["sentiment", "emotion", "iemocap"])
+    train.add_argument("--variant", default="routing", choices=["routing", "routing1", "gam"],
+                       help="routing (2 iterations), routing1 (1 iteration, the paper's Routing*), gam (no routing)")
+    train.add_argument("--out", type=Path, default=Path("models/model.pt"), help="checkpoint (default: %(default)s)")
+    train.add_argument("--epochs", type=_positive_int, default=30)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="Adam learning rate (default: 1e-4; 1e-5 for emotion, as in the paper)")
+    train.add_argument("--patience", type=_positive_int, default=8,
+                       help="stop after this many epochs without a better validation score")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    train.add_argument("--d-model", type=_positive_int, default=32, help="encoder width (paper size: 200)")
+    train.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (paper size: 20)")
+    train.add_argument("--n-layers", type=_positive_int, default=2, help="encoder layers (paper size: 7)")
+    train.add_argument("--d-feature", type=_positive_int, default=64, help="d_f (paper: 64)")
+    train.add_argument("--d-concept", type=_positive_int, default=64, help="d_c (paper: 64)")
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout on concepts (paper: 0.5)")
+    train.add_argument("--grad-clip", type=_positive_float, default=1.0)
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved training state")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    # eval
+    evaluate = commands.add_parser(
+        "eval",
+        help="test metrics (the paper's Tables 1-2)",
+        description="Sentiment: Acc7, Acc2 and weighted F1 (non-zero labels), MAE and Pearson r of the expected "
+        "score. Emotion / IEMOCAP: per-emotion accuracy and weighted F1.",
+    )
+    evaluate.add_argument("--ckpt", type=Path, default=Path("models/model.pt"))
+    evaluate.add_argument("--data", type=Path, default=None, help="data pickle (default: the one recorded in the checkpoint)")
+    evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256)
+    evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: beside the checkpoint)")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    # extract
+    extract = commands.add_parser(
+        "extract",
+        help="write every sample's p, r, p·r and contributions to runs/<name>/",
+        description="One forward pass per batch in eval mode; writes samples.parquet, routing.parquet and "
+        "meta.json atomically.",
+    )
+    extract.add_argument("--ckpt", type=Path, default=Path("models/model.pt"))
+    extract.add_argument("--data", type=Path, default=None, help="data pickle (default: the one recorded in the checkpoint)")
+    extract.add_argument("--split", default=None, help="test, valid, train or all (default: test)")
+    extract.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<checkpoint>-<split>)")
+    extract.add_argument("--batch-size", type=_positive_int, default=256)
+    extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    extract.add_argument("--force", action="store_true", help="replace an existing run")
+    extract.add_argument("--amp", default=None, choices=["bf16"], help="bf16 autocast of the encoders on CUDA "
+                         "(interpretation values are always computed in fp32)")
+    extract.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    extract.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    extract.set_defaults(func=_cmd_extract)
+
+    # global
+    global_ = commands.add_parser(
+        "global",
+        help="CLT intervals of mean r, p·r and p against the uniform baseline (Tables 3-7)",
+        description="For each (feature, concept) cell: mean, std, n and the interval mean ± z·s/√n; a cell is "
+        "significant if its interval lies wholly above or below 1/J, bold if it also has the largest mean in its column.",
+    )
+    global_.add_argument("--run", type=Path, action="append", default=[],
+                         help="run directory (repeatable; default: the most recent run)")
+    global_.add_argument("--baseline", default="uniform", choices=["uniform"], help="1/J (the paper's baseline)")
+    global_.add_argument("--level", type=_probability, default=0.95)
+    global_.add_argument("--group", default="all", choices=["all", "label", "pred"],
+                         help="samples in each concept's column: all (paper), or those whose true/predicted label it is")
+    global_.add_argument("--interval", default="clt", choices=["clt", "t", "bootstrap"])
+    global_.add_argument("--correction", default="none", choices=["none", "holm", "bonferroni"])
+    global_.add_argument("--bootstrap-samples", type=_positive_int, default=2000)
+    global_.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    global_.add_argument("--split", default=None, help="only samples of this split (default: all in the run)")
+    global_.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
+    global_.set_defaults(func=_cmd_global)
+
+    # local
+    local = commands.add_parser(
+        "local",
+        help="per-sample heatmap of p·r and contributions (Fig. 3)",
+        description="Writes reports/<run>/local/<ID>.html with PNG and SVG figures.",
+    )
+    local.add_argument("--run", type=Path, default=None, help="run directory (default: the most recent run)")
+    local.add_argument("--sample-id", action="append", default=[], help="sample id (repeatable)")
+    local.add_argument("--concept", default="true", help="true (label, as in the paper), pred, or a concept name")
+    local.add_argument("--top", type=_positive_int, default=None, help="the K samples with the largest value of a cell")
+    local.add_argument("--feature", default=None, help="feature of the cell for --top (t, a, v, ta, av, vt, tav)")
+    local.add_argument("--by", default="pr", choices=["pr", "contribution"], help="value ranked by --top")
+    local.add_argument("--random", type=_positive_int, default=None, help="K samples drawn at random")
+    local.add_argument("--seed", type=int, default=0)
+    local.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/local/)")
+    local.set_defaults(func=_cmd_local)
+
+    # report
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML report per run set",
+        description="Model card, performance, global tables and heatmaps, a gallery of local explanations and, "
+        "on synthetic data, planted vs recovered.",
+    )
+    report.add_argument("--run", type=Path, action="append", default=[],
+                        help="run directory (repeatable; default: the most recent run)")
+    report.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
+    report.set_defaults(func=_cmd_report)
+
+    # demo
+    demo = commands.add_parser(
+        "demo",
+        help="everything end to end on synthetic planted-truth data (minutes on a CPU)",
+        description="Generates synthetic data, trains, evaluates, extracts, runs global and local analyses and "
+        "writes the report.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a tiny run, well under a minute")
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    from interp.errors import InterpError
+
+    try:
+        return func(args)
+    except InterpError as error:
+        if args.debug:
+            raise
+        print(f"interp: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as error:
+        if args.debug:
+            raise
+        name = f" {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"interp: error: cannot write or read{name}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if args.debug:
+            raise
+        if error.errno == 28:  # ENOSPC
+            print(f"interp: error: no space left on the device while writing; free some space and retry", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

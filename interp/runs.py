@@ -1,0 +1,121 @@
+"""Finding and opening run directories (the output of `interp extract`).
+
+A run directory holds ``samples.parquet``, ``routing.parquet`` and ``meta.json`` (DESIGN.md, "Run directory"),
+or, after a distributed extraction, one ``samples-rank<k>.parquet`` / ``routing-rank<k>.parquet`` per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from interp.errors import RunError
+from interp.schema import META_FILE, ROUTING_FILE, ROUTING_SHARD_GLOB, SAMPLES_FILE, SAMPLES_SHARD_GLOB
+
+DEFAULT_RUNS_ROOT = Path("runs")
+DEFAULT_REPORTS_ROOT = Path("reports")
+
+
+def is_run(path: Path) -> bool:
+    """True if ``path`` is a complete run directory (meta.json is written last, so it marks completion)."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def latest_run(runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
+    """The most recently completed run under ``runs_root`` (by the time its meta.json was written)."""
+    root = Path(runs_root)
+    candidates = (
+        [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_run(p)]
+        if root.is_dir()
+        else []
+    )
+    if not candidates:
+        raise RunError(f"no run found under {root}/; run `interp extract --ckpt models/model.pt` first")
+    return max(candidates, key=lambda p: (p / META_FILE).stat().st_mtime_ns)
+
+
+def resolve_run(run: Path | str | None, runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
+    """``run`` if given (checked to be a complete run), else the most recent run under ``runs_root``."""
+    if run is None:
+        return latest_run(runs_root)
+    path = Path(run)
+    if not path.is_dir():
+        raise RunError(f"run directory {path} does not exist; pass a folder written by `interp extract`")
+    if not is_run(path):
+        raise RunError(f"{path} is not a complete run (no {META_FILE}); extract it again with `interp extract`")
+    return path
+
+
+def read_meta(run: Path | str) -> dict[str, Any]:
+    """The run's meta.json as a dict."""
+    path = Path(run) / META_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; extract the run again with `interp extract`") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunError(f"{path} cannot be read ({error}); extract the run again") from None
+
+
+def routing_files(run: Path | str) -> list[Path]:
+    """The routing table(s) of a run: routing.parquet, or the shards of a distributed extraction, sorted by rank."""
+    return _table_files(Path(run), ROUTING_FILE, ROUTING_SHARD_GLOB)
+
+
+def samples_files(run: Path | str) -> list[Path]:
+    """The samples table(s) of a run: samples.parquet, or the shards of a distributed extraction, sorted by rank."""
+    return _table_files(Path(run), SAMPLES_FILE, SAMPLES_SHARD_GLOB)
+
+
+def _table_files(run: Path, single: str, shard_glob: str) -> list[Path]:
+    if (run / single).is_file():
+        return [run / single]
+    shards = sorted(run.glob(shard_glob), key=_rank_of)
+    if not shards:
+        raise RunError(f"{run} has no {single} (nor shards {shard_glob}); extract the run again")
+    return shards
+
+
+def _rank_of(path: Path) -> int:
+    digits = "".join(ch for ch in path.stem.rsplit("rank", 1)[-1] if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def run_name(run: Path | str) -> str:
+    """The name of a run: its folder name."""
+    return Path(run).resolve().name
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

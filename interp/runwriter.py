@@ -1,0 +1,363 @@
+"""Writing a run directory: samples.parquet, routing.parquet and meta.json (DESIGN.md, "Run directory").
+
+Batches are streamed as parquet row groups, so memory stays flat whatever the number of samples. Everything
+is written into a hidden temp folder beside the target and renamed into place at the end: an interrupted
+extraction leaves no folder that looks like a run, and an existing run is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from interp.errors import RunError
+from interp.schema import (
+    FEATURES,
+    META_FILE,
+    ROUTING_FILE,
+    SAMPLES_FILE,
+    SINGLE_LABEL_TASKS,
+    label_column,
+    logit_column,
+    p_column,
+    prob_column,
+)
+
+#: Routing rows buffered before a row group is written (about 5 MB of values).
+DEFAULT_ROW_GROUP_ROWS = 1 << 17
+
+_DICTIONARY = pa.dictionary(pa.int8(), pa.string())
+
+
+@dataclass
+class RunBatch:
+    """One batch of interpretation values for B samples (numpy, float32 unless stated).
+
+    sample_ids: B strings; split: B split names (or one name for all); rows: (B,) int64 row within the split;
+    targets: (B,) int class index (single-label tasks) or (B, J) 0/1 (multi-label tasks);
+    scores: (B,) continuous label (sentiment) or None; logits: (B, J); p: (B, 7); r: (B, 7, J);
+    contributions: (B, 7, J); transcripts: B strings or None.
+    """
+
+    sample_ids: Sequence[str]
+    split: Sequence[str] | str
+    rows: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray
+    p: np.ndarray
+    r: np.ndarray
+    contributions: np.ndarray
+    scores: np.ndarray | None = None
+    transcripts: Sequence[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.sample_ids)
+
+
+def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
+    """Concept probabilities from logits (B, J): softmax for single-label tasks, sigmoid for multi-label ones."""
+    logits = logits.astype(np.float64)
+    if task in SINGLE_LABEL_TASKS:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def predictions(task: str, logits: np.ndarray) -> np.ndarray:
+    """Predicted membership (B, J) bool: one-hot argmax (single-label) or logit > 0, i.e. prob > 0.5 (multi-label)."""
+    if task in SINGLE_LABEL_TASKS:
+        members = np.zeros(logits.shape, dtype=bool)
+        members[np.arange(len(logits)), logits.argmax(axis=1)] = True
+        return members
+    return logits > 0
+
+
+def memberships(task: str, targets: np.ndarray, n_concepts: int) -> np.ndarray:
+    """True membership (B, J) bool from targets: class indices (single-label) or 0/1 rows (multi-label)."""
+    if task in SINGLE_LABEL_TASKS:
+        members = np.zeros((len(targets), n_concepts), dtype=bool)
+        members[np.arange(len(targets)), np.asarray(targets, dtype=np.int64)] = True
+        return members
+    return np.asarray(targets) > 0.5
+
+
+def _names(members: np.ndarray, concepts: Sequence[str]) -> list[str]:
+    """Each row's member concepts joined by "," ("" when none)."""
+    names = np.asarray(concepts, dtype=object)
+    return [",".join(names[row]) for row in members]
+
+
+def samples_schema(task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool) -> pa.Schema:
+    """The schema of samples.parquet for a task."""
+    fields = [
+        pa.field("sample_id", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("label", pa.string()),
+        pa.field("pred", pa.string()),
+        pa.field("correct", pa.bool_()),
+    ]
+    if with_score:
+        fields.append(pa.field("score", pa.float32()))
+    fields += [pa.field(label_column(c), pa.bool_()) for c in concepts]
+    fields += [pa.field(f"pred_{c}", pa.bool_()) for c in concepts]
+    fields += [pa.field(logit_column(c), pa.float32()) for c in concepts]
+    fields += [pa.field(prob_column(c), pa.float32()) for c in concepts]
+    fields += [pa.field(p_column(f), pa.float32()) for f in FEATURES]
+    if with_transcript:
+        fields.append(pa.field("transcript", pa.string()))
+    return pa.schema(fields, metadata={"interp.task": task})
+
+
+def routing_schema() -> pa.Schema:
+    """The schema of routing.parquet: one row per (sample, feature, concept)."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string()),
+            pa.field("feature", _DICTIONARY),
+            pa.field("concept", _DICTIONARY),
+            pa.field("p", pa.float32()),
+            pa.field("r", pa.float32()),
+            pa.field("pr", pa.float32()),
+            pa.field("contribution", pa.float32()),
+        ]
+    )
+
+
+def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: pa.Schema) -> pa.Table:
+    """samples.parquet rows of one batch."""
+    n = batch.size
+    logits = np.asarray(batch.logits, dtype=np.float32)
+    true = memberships(task, batch.targets, len(concepts))
+    pred = predictions(task, logits)
+    probs = probabilities(task, logits)
+    split = [batch.split] * n if isinstance(batch.split, str) else list(batch.split)
+    columns: dict[str, Any] = {
+        "sample_id": [str(s) for s in batch.sample_ids],
+        "split": split,
+        "row": np.asarray(batch.rows, dtype=np.int64),
+        "label": _names(true, concepts),
+        "pred": _names(pred, concepts),
+        "correct": (true == pred).all(axis=1),
+    }
+    if "score" in schema.names:
+        columns["score"] = np.asarray(batch.scores, dtype=np.float32)
+    for j, concept in enumerate(concepts):
+        columns[label_column(concept)] = true[:, j]
+    for j, concept in enumerate(concepts):
+        columns[f"pred_{concept}"] = pred[:, j]
+    for j, concept in enumerate(concepts):
+        columns[logit_column(concept)] = logits[:, j]
+    for j, concept in enumerate(concepts):
+        columns[prob_column(concept)] = probs[:, j]
+    p = np.asarray(batch.p, dtype=np.float32)
+    for i, feature in enumerate(FEATURES):
+        columns[p_column(feature)] = p[:, i]
+    if "transcript" in schema.names:
+        columns["transcript"] = [str(t) for t in batch.transcripts] if batch.transcripts is not None else [""] * n
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def routing_table(concepts: Sequence[str], batch: RunBatch) -> pa.Table:
+    """routing.parquet rows of one batch, in sample, then feature, then concept order (B·7·J rows)."""
+    n, n_features, n_concepts = batch.size, len(FEATURES), len(concepts)
+    p = np.asarray(batch.p, dtype=np.float32)
+    r = np.asarray(batch.r, dtype=np.float32)
+    contributions = np.asarray(batch.contributions, dtype=np.float32)
+    if r.shape != (n, n_features, n_concepts) or contributions.shape != r.shape or p.shape != (n, n_features):
+        raise RunError(f"batch shapes do not match: p {p.shape}, r {r.shape}, contributions {contributions.shape}")
+    p_cells = np.broadcast_to(p[:, :, None], r.shape)
+    per_sample = n_features * n_concepts
+    sample_index = pa.array(np.repeat(np.arange(n, dtype=np.int64), per_sample))
+    ids = pa.array([str(s) for s in batch.sample_ids], type=pa.string())
+    feature_index = np.tile(np.repeat(np.arange(n_features, dtype=np.int8), n_concepts), n)
+    concept_index = np.tile(np.arange(n_concepts, dtype=np.int8), n * n_features)
+    return pa.Table.from_arrays(
+        [
+            ids.take(sample_index),
+            pa.DictionaryArray.from_arrays(pa.array(feature_index), pa.array(list(FEATURES), pa.string())),
+            pa.DictionaryArray.from_arrays(pa.array(concept_index), pa.array(list(concepts), pa.string())),
+            pa.array(p_cells.reshape(-1)),
+            pa.array(r.reshape(-1)),
+            pa.array((p_cells * r).reshape(-1)),
+            pa.array(contributions.reshape(-1)),
+        ],
+        schema=routing_schema(),
+    )
+
+
+class RunWriter:
+    """Streams batches into a run directory, atomically.
+
+    Use as a context manager: on an exception the temp folder is removed and nothing appears at ``out``.
+    ``rank`` writes shard files (``samples-rank<k>.parquet``, ``routing-rank<k>.parquet``) into ``temp_dir``
+    for a distributed extraction, where rank 0 later calls :func:`finalize_run`.
+    """
+
+    def __init__(
+        self,
+        out: Path | str,
+        *,
+        task: str,
+        concepts: Sequence[str],
+        with_score: bool,
+        with_transcript: bool,
+        force: bool = False,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        temp_dir: Path | None = None,
+        rank: int | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.task = task
+        self.concepts = list(concepts)
+        check_target(self.out, force)
+        self.temp_dir = temp_dir if temp_dir is not None else make_temp_dir(self.out)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        suffix = f"-rank{rank}" if rank is not None else ""
+        self.samples_path = self.temp_dir / f"samples{suffix}.parquet"
+        self.routing_path = self.temp_dir / f"routing{suffix}.parquet"
+        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript)
+        self._samples_writer = pq.ParquetWriter(self.samples_path, self._samples_schema, compression="zstd")
+        self._routing_writer = pq.ParquetWriter(
+            self.routing_path, routing_schema(), compression="zstd", use_dictionary=["sample_id", "feature", "concept"]
+        )
+        self._row_group_rows = row_group_rows
+        self._pending_samples: list[pa.Table] = []
+        self._pending_routing: list[pa.Table] = []
+        self._pending_rows = 0
+        self.n = 0
+        self._closed = False
+
+    def write(self, batch: RunBatch) -> None:
+        """Add a batch; a row group is written whenever enough rows are buffered."""
+        self._pending_samples.append(samples_table(self.task, self.concepts, batch, self._samples_schema))
+        routing = routing_table(self.concepts, batch)
+        self._pending_routing.append(routing)
+        self._pending_rows += routing.num_rows
+        self.n += batch.size
+        if self._pending_rows >= self._row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_samples:
+            return
+        self._samples_writer.write_table(pa.concat_tables(self._pending_samples))
+        self._routing_writer.write_table(pa.concat_tables(self._pending_routing), row_group_size=self._pending_rows)
+        self._pending_samples, self._pending_routing, self._pending_rows = [], [], 0
+
+    def close_tables(self) -> None:
+        """Flush and close the parquet files (the run is not complete until :func:`finalize_run`)."""
+        if self._closed:
+            return
+        self._flush()
+        self._samples_writer.close()
+        self._routing_writer.close()
+        self._closed = True
+
+    def finish(self, meta: dict[str, Any], force: bool = False) -> Path:
+        """Close the tables, write meta.json last and move the run into place; returns the run path."""
+        self.close_tables()
+        return finalize_run(self.temp_dir, self.out, meta, force=force)
+
+    def abort(self) -> None:
+        """Close what is open and remove the temp folder."""
+        try:
+            if not self._closed:
+                self._samples_writer.close()
+                self._routing_writer.close()
+                self._closed = True
+        finally:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def check_target(out: Path, force: bool) -> None:
+    """Refuse to replace an existing run (or any existing path) unless ``force``."""
+    if out.exists() and not force:
+        raise RunError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+
+
+def make_temp_dir(out: Path, token: str | None = None) -> Path:
+    """A hidden temp folder beside ``out`` (same file system, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f".{out.name}.tmp-{token or uuid.uuid4().hex[:12]}"
+
+
+def finalize_run(temp_dir: Path, out: Path, meta: dict[str, Any], force: bool = False) -> Path:
+    """Write meta.json into ``temp_dir`` and rename it to ``out`` (replacing an old run only with ``force``)."""
+    meta_path = temp_dir / META_FILE
+    with open(meta_path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2, sort_keys=False, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    old: Path | None = None
+    if out.exists():
+        if not force:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise RunError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(out, old)
+    os.replace(temp_dir, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def write_run(
+    out: Path | str,
+    *,
+    task: str,
+    concepts: Sequence[str],
+    batches: Sequence[RunBatch],
+    meta: dict[str, Any],
+    force: bool = False,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+) -> Path:
+    """Write a whole run from in-memory batches (tests, notebooks); returns the run path.
+
+    ``meta`` is completed with the keys every reader expects (task, concepts, features, J, n) when absent.
+    """
+    with_score = batches[0].scores is not None if batches else False
+    with_transcript = batches[0].transcripts is not None if batches else False
+    writer = RunWriter(
+        out,
+        task=task,
+        concepts=concepts,
+        with_score=with_score,
+        with_transcript=with_transcript,
+        force=force,
+        row_group_rows=row_group_rows,
+    )
+    with writer:
+        for batch in batches:
+            writer.write(batch)
+        full_meta = {
+            "task": task,
+            "concepts": list(concepts),
+            "features": list(FEATURES),
+            "J": len(concepts),
+            "n": writer.n,
+            "shards": [ROUTING_FILE],
+            "samples": [SAMPLES_FILE],
+            **meta,
+        }
+        return writer.finish(full_meta, force=force)

@@ -1,0 +1,524 @@
+"""Loading data sets in the MulT pickle layout, safely.
+
+Layout (DESIGN.md, "Data")::
+
+    {split: {"text": (N, T_t, d_t), "audio": (N, T_a, d_a), "vision": (N, T_v, d_v),
+             "labels": (N, ...), "id": (N,) or (N, k), ["transcript": (N,)]}}   for split in train / valid / test
+
+The pickle is read with a restricted unpickler that admits numpy's array reconstruction and plain containers
+only; anything else (``os.system``, ``builtins.eval``, any class) is refused before it can run. Non-finite values
+(-inf, +inf, NaN) in the modality arrays are replaced by 0 and counted per ``"split/modality"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Mapping
+
+import numpy as np
+
+from interp.errors import DataError
+from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
+
+#: Split names in their canonical order.
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: Other names some pickles use for the validation split.
+_VALID_ALIASES: tuple[str, ...] = ("dev", "val", "validation")
+#: Sentiment labels may exceed [-3, 3] by this much (float rounding) before they are refused.
+SENTIMENT_TOLERANCE = 1e-4
+#: Suffix of the planted-truth map written beside synthetic data: ``<stem>.planted.json``.
+PLANTED_SUFFIX = ".planted.json"
+
+# (module, name) pairs the unpickler admits: numpy array / dtype / scalar reconstruction (numpy 1.x names under
+# numpy.core, numpy 2.x under numpy._core), bytes as written by protocol 2 (_codecs.encode), and plain containers.
+_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("builtins", "complex"),
+    }
+)
+
+# Errors that a truncated, corrupt or foreign file raises while it is unpickled.
+_UNPICKLE_ERRORS: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    ImportError,
+    OverflowError,
+    UnicodeError,
+    struct.error,
+    RecursionError,
+)
+
+
+@dataclass
+class Split:
+    """One split of a data set.
+
+    ``text``, ``audio``, ``vision``: float32 arrays of shape (N, T_m, d_m), non-finite values already replaced by 0.
+    ``labels``: float32 raw labels with singleton axes after the first removed: (N,) for sentiment, (N, 6) for
+    emotion, (N, 4) or (N, 4, 2) for IEMOCAP; turn them into training targets with :func:`targets`.
+    ``ids``: N sample ids, unique within the whole data set. ``transcripts``: N strings, or None.
+    """
+
+    name: str
+    text: np.ndarray
+    audio: np.ndarray
+    vision: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    transcripts: list[str] | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of samples N."""
+        return int(self.labels.shape[0])
+
+    def modality(self, name: str) -> np.ndarray:
+        """The (N, T, d) array of a modality named as in :data:`interp.schema.MODALITIES`."""
+        if name not in MODALITIES:
+            raise DataError(f"unknown modality {name!r}; choose one of {', '.join(MODALITIES)}")
+        return getattr(self, name)
+
+
+@dataclass
+class Dataset:
+    """A loaded data set.
+
+    ``path``: the resolved file; ``sha256``: hex digest of its bytes; ``splits``: name -> :class:`Split` in the
+    order train, valid, test; ``nonfinite``: count of replaced non-finite values per ``"split/modality"`` and in
+    ``"total"``; ``planted``: the planted ``{concept: feature}`` map read from ``<stem>.planted.json`` beside the
+    data (synthetic data), else None; ``planted_info``: that whole JSON document, else None.
+    """
+
+    path: Path
+    sha256: str
+    splits: dict[str, Split]
+    nonfinite: dict[str, int]
+    planted: dict[str, str] | None = None
+    planted_info: dict[str, Any] | None = field(default=None, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------ unpickling
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers and refuses every other global.
+
+    Refusal happens in :meth:`find_class`, before the named callable could be called, so nothing runs.
+    ``source`` names the file in messages. Python 2 strings are decoded as latin-1 (numpy's advice).
+    """
+
+    def __init__(self, file: IO[bytes], source: str = "the pickle") -> None:
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see class docstring
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DataError(_refusal_message(self.source, module, name))
+        if module.startswith("numpy.core.") and _has_numpy_core_private():
+            module = "numpy._core." + module[len("numpy.core."):]
+        return super().find_class(module, name)
+
+
+def _has_numpy_core_private() -> bool:
+    """True on numpy >= 2, where numpy.core is a deprecated alias of numpy._core."""
+    try:
+        import numpy._core.multiarray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _refusal_message(source: object, module: str, name: str) -> str:
+    """One-line refusal naming the global (``posix.system`` is shown as ``os.system``)."""
+    named = f"{module}.{name}"
+    if module in ("posix", "nt"):
+        named = f"os.{name} ({module}.{name})"
+    return (
+        f"interp refuses to load {source}: it names {named}, which is not a numpy array or plain container; "
+        "nothing in it was run. Only pickles of dicts of numpy arrays (the MulT layout) are accepted: "
+        "re-save the data as plain numpy arrays"
+    )
+
+
+def safe_load_pickle(path: Path | str) -> Any:
+    """Unpickle ``path`` with :class:`RestrictedUnpickler`; every failure is a one-line :class:`DataError`."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with path.open("rb") as handle:
+            return RestrictedUnpickler(handle, source=str(path)).load()
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"not enough memory to load {path}; free memory or use a smaller data file") from None
+    except _UNPICKLE_ERRORS as error:
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise DataError(
+            f"cannot read {path}: it is not a complete data pickle ({type(error).__name__}: {detail}); "
+            "the file may be truncated or corrupt: re-download it or regenerate it (e.g. `interp data synth`)"
+        ) from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _check_file(path: Path) -> None:
+    """Raise DataError unless ``path`` is an existing regular file."""
+    if not path.exists():
+        raise DataError(
+            f"data file {path} does not exist; pass --data PATH to a MulT pickle "
+            "or create one with `interp data synth --out PATH`"
+        )
+    if not path.is_file():
+        raise DataError(f"data path {path} is not a file; pass --data PATH to a MulT pickle")
+
+
+def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks of ``chunk_size`` bytes."""
+    path = Path(path)
+    _check_file(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_dataset(path: Path | str) -> Dataset:
+    """Load and validate a MulT-layout pickle (see the module docstring); raises :class:`DataError` on bad input."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    path = path.resolve()
+    raw = safe_load_pickle(path)
+    digest = sha256_file(path)
+    split_dicts = _split_dicts(raw, path)
+    nonfinite: dict[str, int] = {}
+    splits = {name: _load_split(name, value, nonfinite) for name, value in split_dicts.items()}
+    nonfinite["total"] = int(sum(nonfinite.values()))
+    _check_dims_agree(splits)
+    _make_ids_unique(splits)
+    info = read_planted(path, digest)
+    planted = dict(info["planted"]) if info is not None else None
+    return Dataset(path=path, sha256=digest, splits=splits, nonfinite=nonfinite, planted=planted, planted_info=info)
+
+
+def _split_dicts(raw: Any, path: Path) -> dict[str, Mapping[str, Any]]:
+    """The split dicts of the top-level object, keyed by canonical split name in the order train, valid, test."""
+    if not isinstance(raw, Mapping):
+        raise DataError(
+            f"{path} holds a {type(raw).__name__}, not a dict of splits; "
+            "expected the MulT layout {train|valid|test: {text, audio, vision, labels, id}}"
+        )
+    found: dict[str, Any] = {}
+    for name in SPLITS:
+        keys = (name,) + (_VALID_ALIASES if name == "valid" else ())
+        key = next((k for k in keys if k in raw), None)
+        if key is not None:
+            found[name] = raw[key]
+    if not found:
+        keys = ", ".join(repr(k) for k in list(raw)[:10]) or "none"
+        raise DataError(f"{path} has no train, valid or test split (top-level keys: {keys}); expected the MulT layout")
+    for name, value in found.items():
+        if not isinstance(value, Mapping):
+            raise DataError(f"split {name!r} of {path} is a {type(value).__name__}, not a dict of arrays")
+    return found
+
+
+def _load_split(name: str, raw: Mapping[str, Any], nonfinite: dict[str, int]) -> Split:
+    """Validate one split dict and build its :class:`Split`; records non-finite counts in ``nonfinite``."""
+    missing = [key for key in (*MODALITIES, "labels") if key not in raw]
+    if missing:
+        raise DataError(
+            f"split {name!r} lacks {', '.join(missing)}; each split needs text, audio, vision and labels arrays"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for modality in MODALITIES:
+        array, count = _modality_array(name, modality, raw[modality])
+        arrays[modality] = array
+        nonfinite[f"{name}/{modality}"] = count
+    labels = _label_array(name, raw["labels"])
+    sizes = {**{m: a.shape[0] for m, a in arrays.items()}, "labels": labels.shape[0]}
+    if len(set(sizes.values())) != 1:
+        listing = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise DataError(f"split {name!r} has different numbers of samples per array ({listing}); they must agree")
+    n = labels.shape[0]
+    if n < 1:
+        raise DataError(f"split {name!r} is empty (0 samples); remove it or fill it")
+    ids = _raw_ids(name, raw.get("id"), n)
+    transcripts = _transcripts(name, raw.get("transcript"), n)
+    return Split(name, arrays["text"], arrays["audio"], arrays["vision"], labels, ids, transcripts)
+
+
+def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, int]:
+    """(N, T, d) float32 array of one modality with non-finite values set to 0, and how many there were.
+
+    A 2-D (N, d) array gets T = 1. Values beyond float32's range become inf on conversion and are counted too.
+    """
+    where = f"{split}/{modality}"
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{where} is not a numeric array ({' '.join(str(error).split())[:120]})") from None
+    if array.ndim == 2:
+        array = array[:, None, :]
+    if array.ndim != 3:
+        raise DataError(f"{where} has shape {tuple(array.shape)}; expected (N, T, d) or (N, d)")
+    if array.shape[1] < 1 or array.shape[2] < 1:
+        raise DataError(f"{where} has shape {tuple(array.shape)}; sequence length and feature size must be >= 1")
+    mask = ~np.isfinite(array)
+    count = int(mask.sum())
+    if count:
+        if not array.flags.writeable:
+            array = array.copy()
+        array[mask] = 0.0
+    return np.ascontiguousarray(array), count
+
+
+def _label_array(split: str, value: Any) -> np.ndarray:
+    """Float32 labels with singleton axes after the first dropped: (N,1,1) -> (N,), (N,1,6) -> (N,6)."""
+    try:
+        labels = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{split}/labels is not a numeric array ({' '.join(str(error).split())[:120]})") from None
+    if labels.ndim == 0:
+        raise DataError(f"{split}/labels is a single number; expected one label per sample, shape (N, ...)")
+    labels = _squeeze_sample_axes(labels)
+    bad = int((~np.isfinite(labels)).sum())
+    if bad:
+        raise DataError(f"{split}/labels has {bad} non-finite values (NaN or inf); fix or drop those samples")
+    return labels
+
+
+def _squeeze_sample_axes(array: np.ndarray) -> np.ndarray:
+    """Drop singleton axes except the first (the sample axis), so N = 1 keeps its axis."""
+    return array.reshape((array.shape[0],) + tuple(size for size in array.shape[1:] if size != 1))
+
+
+def _to_text(value: Any) -> str:
+    """A str from a str / numpy str / bytes / number element (bytes decoded as UTF-8)."""
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _raw_ids(split: str, value: Any, n: int) -> list[str]:
+    """Sample ids of one split before de-duplication.
+
+    ``id`` of shape (N,) -> str of each; (N, k) -> the last column if its values are unique, else the columns
+    joined with "_"; absent -> ``"<split>-<row>"``.
+    """
+    if value is None:
+        return [f"{split}-{row}" for row in range(n)]
+    array = np.asarray(value, dtype=object)
+    if array.ndim == 0 or array.shape[0] != n:
+        shape = tuple(array.shape)
+        raise DataError(f"{split}/id has shape {shape} but the split has {n} samples; expected (N,) or (N, k)")
+    table = array.reshape(n, -1)
+    if table.shape[1] == 0:
+        return [f"{split}-{row}" for row in range(n)]
+    columns = [[_to_text(v).strip() for v in table[:, k]] for k in range(table.shape[1])]
+    last = columns[-1]
+    if len(columns) == 1 or len(set(last)) == n:
+        return last
+    return ["_".join(parts) for parts in zip(*columns)]
+
+
+def _transcripts(split: str, value: Any, n: int) -> list[str] | None:
+    """The split's transcripts as N strings, or None when the data has none."""
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=object).reshape(-1)
+    if array.shape[0] != n:
+        raise DataError(f"{split}/transcript has {array.shape[0]} entries but the split has {n} samples")
+    return [_to_text(v) for v in array]
+
+
+def _make_ids_unique(splits: dict[str, Split]) -> None:
+    """Make ids unique across the data set, in place.
+
+    Repeats within a split get a ``#k`` suffix (k = 2, 3, ... in row order); if any id then occurs in more than
+    one split, every id of every split is prefixed with ``"<split>/"``.
+    """
+    for split in splits.values():
+        split.ids = _dedupe(split.ids)
+    seen: set[str] = set()
+    clash = False
+    for split in splits.values():
+        if seen.intersection(split.ids):
+            clash = True
+            break
+        seen.update(split.ids)
+    if clash:
+        for name, split in splits.items():
+            split.ids = [f"{name}/{sample_id}" for sample_id in split.ids]
+
+
+def _dedupe(ids: list[str]) -> list[str]:
+    """``ids`` with repeats renamed ``<id>#2``, ``<id>#3``, ... in row order, skipping names already in use."""
+    taken = set(ids)
+    if len(taken) == len(ids):
+        return list(ids)
+    seen: set[str] = set()
+    out: list[str] = []
+    for sample_id in ids:
+        name = sample_id
+        if name in seen:
+            k = 2
+            while f"{sample_id}#{k}" in seen or f"{sample_id}#{k}" in taken:
+                k += 1
+            name = f"{sample_id}#{k}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def _check_dims_agree(splits: dict[str, Split]) -> None:
+    """Raise DataError if feature sizes d_m differ between splits."""
+    first_name, first = next(iter(splits.items()))
+    reference = input_dims(first)
+    for name, split in splits.items():
+        dims = input_dims(split)
+        if dims != reference:
+            diffs = ", ".join(
+                f"{m} {first_name} d={a} vs {name} d={b}" for m, a, b in zip(MODALITIES, reference, dims) if a != b
+            )
+            raise DataError(f"feature sizes differ between splits ({diffs}); all splits must share them")
+
+
+def read_planted(path: Path | str, sha256: str | None = None) -> dict[str, Any] | None:
+    """The planted-truth JSON beside a data file (``<stem>.planted.json``), or None if there is none.
+
+    If the JSON records ``data_sha256`` and ``sha256`` is given, they must match (a stale map would mislead
+    every report that compares planted with recovered links).
+    """
+    path = Path(path)
+    sidecar = path.with_name(path.stem + PLANTED_SUFFIX)
+    if not sidecar.is_file():
+        return None
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read the planted map {sidecar} ({error}); delete it or regenerate the data") from None
+    planted = info.get("planted") if isinstance(info, dict) else None
+    if not isinstance(planted, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in planted.items()):
+        raise DataError(f"{sidecar} has no {{concept: feature}} map under 'planted'; delete it or regenerate the data")
+    recorded = info.get("data_sha256")
+    if sha256 is not None and recorded is not None and recorded != sha256:
+        raise DataError(
+            f"the planted map {sidecar} was written for another version of {path.name}; "
+            "regenerate both with `interp data synth` or delete the map"
+        )
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ accessors
+
+
+def get_split(dataset: Dataset, name: str) -> Split:
+    """The split called ``name``; raises DataError listing the available splits."""
+    try:
+        return dataset.splits[name]
+    except KeyError:
+        available = ", ".join(dataset.splits) or "none"
+        raise DataError(f"{dataset.path.name} has no split {name!r}; available: {available}") from None
+
+
+def input_dims(split: Split) -> tuple[int, int, int]:
+    """Feature sizes (d_text, d_audio, d_vision) of a split."""
+    return (int(split.text.shape[2]), int(split.audio.shape[2]), int(split.vision.shape[2]))
+
+
+def seq_lens(split: Split) -> tuple[int, int, int]:
+    """Sequence lengths (T_text, T_audio, T_vision) of a split."""
+    return (int(split.text.shape[1]), int(split.audio.shape[1]), int(split.vision.shape[1]))
+
+
+# --------------------------------------------------------------------------------------------------- targets
+
+
+def targets(labels: np.ndarray, task: str) -> np.ndarray:
+    """Training targets from raw labels.
+
+    - ``sentiment``: labels (N,), (N, 1) or (N, 1, 1) in [-3, 3] -> int64 class index (N,) in 0..6,
+      ``clip(round(y), -3, 3) + 3``. ``np.round`` rounds halves to even (0.5 -> 0, 1.5 -> 2, -2.5 -> -2),
+      exactly as MulT does, so our classes match its Acc7.
+    - ``emotion``: scores (N, 6) or (N, 1, 6) -> float32 (N, 6) 0/1, ``score > 0``.
+    - ``iemocap``: (N, 4) 0/1 scores -> float32 (N, 4), ``score > 0``; or MulT's (N, 4, 2) one-hot per emotion
+      -> positive where the argmax over the last axis is 1.
+    """
+    concepts = concept_names(task)
+    array = np.asarray(labels, dtype=np.float64)
+    if array.ndim == 0:
+        raise DataError("labels are a single number; expected one label per sample")
+    array = _squeeze_sample_axes(array)
+    if not np.isfinite(array).all():
+        raise DataError("labels contain NaN or inf; fix or drop those samples")
+    if task == "sentiment":
+        return _sentiment_targets(array)
+    if task == "iemocap" and array.ndim == 3 and array.shape[1:] == (len(concepts), 2):
+        return (np.argmax(array, axis=-1) == 1).astype(np.float32)
+    if array.ndim != 2 or array.shape[1] != len(concepts):
+        raise DataError(
+            f"data labels have shape {_shape(labels)} but task {task} needs {len(concepts)} emotion scores "
+            f"({', '.join(concepts)}) per sample; {_task_hint(array)}"
+        )
+    return (array > 0).astype(np.float32)
+
+
+def _sentiment_targets(array: np.ndarray) -> np.ndarray:
+    """int64 (N,) classes 0..6 from squeezed float64 scores; see :func:`targets`."""
+    if array.ndim != 1:
+        raise DataError(
+            f"data labels have shape {_shape(array)} but task sentiment needs one score in [-3, 3] per sample; "
+            f"{_task_hint(array)}"
+        )
+    worst = float(np.abs(array).max())
+    if worst > 3.0 + SENTIMENT_TOLERANCE:
+        raise DataError(
+            f"sentiment labels must lie in [-3, 3] but reach {worst:g}; rescale them or pass the right --task"
+        )
+    return (np.clip(np.round(array), -3, 3) + 3).astype(np.int64)
+
+
+def _shape(array: np.ndarray) -> str:
+    """Shape as text, e.g. ``(N=5, 6)``."""
+    shape = np.shape(array)
+    return "(" + ", ".join([f"N={shape[0]}", *map(str, shape[1:])]) + ")" if shape else "()"
+
+
+def _task_hint(array: np.ndarray) -> str:
+    """Which --task fits labels of this (squeezed) shape."""
+    tail = array.shape[1:]
+    for task, concepts in TASK_CONCEPTS.items():
+        if task == "sentiment" and tail == ():
+            return "pass --task sentiment"
+        if task != "sentiment" and tail in ((len(concepts),), (len(concepts), 2)):
+            if task == "emotion" and tail == (len(concepts), 2):
+                continue
+            return f"pass --task {task}"
+    return "check that the data file is the one you meant"

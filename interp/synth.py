@@ -1,0 +1,314 @@
+"""Synthetic data with planted truth: which feature (modality or interaction) drives which concept.
+
+Generation (all from one ``numpy.random.default_rng(seed)``):
+
+1. Each modality m in (text, audio, vision) has a fixed random unit *signal* direction u_m and an orthogonal
+   unit *distractor* direction q_m in its d_m-dimensional feature space.
+2. Each sample has hidden latents z_m ~ N(0, 1) (one per modality) and distractors w_m ~ N(0, 1). Every time step
+   of modality m is ``SIGNAL * z_m * u_m + DISTRACTOR * w_m * q_m + noise * N(0, I)``, so any step (the last one
+   included) carries the latent and attention can average the noise away.
+3. A feature F (a set of modalities: t, a, v, ta, av, vt, tav) gives the evidence
+   ``e_F = prod_m sign(z_m) * G_k(min_m |z_m|)`` with k = |F| and ``G_k(y) = 1 - (2 Phi(-y))^k``. Every e_F is
+   exactly Uniform(-1, 1), so no concept is favoured: for k = 1 this is ``2 Phi(z) - 1`` (monotone in the
+   modality), for k >= 2 its sign is the *interaction* (the product of the modalities' signs), which no single
+   modality, nor any sum of unimodal terms, can predict.
+4. Concept j's evidence is the evidence of its planted feature. ``sentiment``: the class is the concept with the
+   largest evidence, written as the score ``class - 3 + Uniform(-0.3, 0.3)`` clipped to [-3, 3] (so
+   ``clip(round(y), -3, 3)`` recovers it). ``emotion``: score ``3 * max(e_j, 0)`` (MOSEI-like, 0 = absent), positive
+   when ``> 0``. ``iemocap``: MulT's (N, 4, 2) one-hot, positive (index 1) when ``e_j > 0``.
+
+The planted map is saved as ``<stem>.planted.json`` beside the pickle; :func:`interp.data.load_dataset` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.special import ndtr
+
+from interp.data import PLANTED_SUFFIX, SPLITS
+from interp.errors import InterpError
+from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS, concept_names
+
+#: Norm of the signal direction in every time step (the latent's amplitude).
+SIGNAL = 2.0
+#: Norm of the distractor direction (weaker than the signal, irrelevant to every label).
+DISTRACTOR = 1.0
+#: Half-width of the uniform jitter added to sentiment classes (below 0.5 so rounding recovers the class).
+SENTIMENT_JITTER = 0.3
+#: Default feature sizes (d_text, d_audio, d_vision).
+DEFAULT_DIMS: tuple[int, int, int] = (16, 12, 10)
+#: Format tag of the planted JSON.
+PLANTED_FORMAT = "interp-synthetic"
+
+#: Default planted maps: every concept driven by a different feature, unimodal and interactions mixed.
+DEFAULT_PLANTED: dict[str, dict[str, str]] = {
+    "sentiment": {"-3": "a", "-2": "vt", "-1": "v", "0": "tav", "1": "av", "2": "t", "3": "ta"},
+    "emotion": {"happy": "t", "sad": "a", "angry": "ta", "fear": "v", "disgust": "av", "surprise": "tav"},
+    "iemocap": {"neutral": "v", "happy": "t", "sad": "a", "angry": "ta"},
+}
+
+#: Modalities (indices into MODALITIES) that each feature combines.
+_FEATURE_MODALITIES: dict[str, tuple[int, ...]] = {
+    "t": (0,), "a": (1,), "v": (2,), "ta": (0, 1), "av": (1, 2), "vt": (2, 0), "tav": (0, 1, 2),
+}
+
+
+@dataclass
+class SynthResult:
+    """What :func:`write_synthetic` wrote: the pickle, the planted JSON, and the planted {concept: feature} map."""
+
+    data_path: Path
+    planted_path: Path
+    planted: dict[str, str]
+    sha256: str = ""
+
+
+# ------------------------------------------------------------------------------------------------- generation
+
+
+def synthesize(
+    task: str = "sentiment",
+    n_train: int = 2000,
+    n_valid: int = 400,
+    n_test: int = 600,
+    seq_len: int = 8,
+    noise: float = 0.5,
+    seed: int = 0,
+    dims: Sequence[int] = DEFAULT_DIMS,
+    planted: Mapping[str, str] | None = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """A synthetic data set in the MulT pickle layout and its planted ``{concept: feature}`` map.
+
+    Each split holds text / audio / vision float32 arrays (N, seq_len, d_m) with d = ``dims``, labels
+    ((N, 1, 1) sentiment scores, (N, 6) emotion scores, or (N, 4, 2) IEMOCAP one-hot), ``id`` (N, 3) str
+    ``[video, segment, "<video>_<segment>"]`` and ``transcript`` (N,) str. ``planted`` overrides the task's
+    default map (every concept must be given a feature). Deterministic given the arguments.
+    """
+    concepts, mapping, dims3 = _validate(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)
+    rng = np.random.default_rng(seed)
+    directions = [_directions(rng, d) for d in dims3]
+    sizes = dict(zip(SPLITS, (n_train, n_valid, n_test)))
+    data: dict[str, dict[str, np.ndarray]] = {}
+    offset = 0
+    for split, n in sizes.items():
+        data[split] = _split(rng, task, concepts, mapping, directions, n, seq_len, noise, offset)
+        offset += n
+    return data, mapping
+
+
+def _validate(
+    task: str,
+    n_train: int,
+    n_valid: int,
+    n_test: int,
+    seq_len: int,
+    noise: float,
+    seed: int,
+    dims: Sequence[int],
+    planted: Mapping[str, str] | None,
+) -> tuple[tuple[str, ...], dict[str, str], tuple[int, int, int]]:
+    """Check the arguments (one-line InterpError otherwise); returns concepts, planted map and dims."""
+    concepts = concept_names(task)
+    for name, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InterpError(f"{name} must be a whole number of at least 1, got {value!r}")
+    numeric = isinstance(noise, (int, float, np.floating)) and not isinstance(noise, bool)
+    if not numeric or not math.isfinite(noise) or noise < 0:
+        raise InterpError(f"noise must be a finite number >= 0, got {noise!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InterpError(f"seed must be a whole number >= 0, got {seed!r}")
+    dims3 = tuple(dims)
+    if len(dims3) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in dims3):
+        raise InterpError(f"dims must be three feature sizes (text, audio, vision) >= 1, got {dims!r}")
+    mapping = dict(DEFAULT_PLANTED[task] if planted is None else planted)
+    if set(mapping) != set(concepts):
+        raise InterpError(
+            f"the planted map must give a feature to each of {', '.join(concepts)}; got {sorted(mapping)}"
+        )
+    unknown = sorted({f for f in mapping.values() if f not in FEATURES})
+    if unknown:
+        raise InterpError(f"unknown planted feature(s) {', '.join(unknown)}; choose from {', '.join(FEATURES)}")
+    mapping = {c: mapping[c] for c in concepts}
+    return concepts, mapping, (int(dims3[0]), int(dims3[1]), int(dims3[2]))
+
+
+def _directions(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random unit signal direction (d,) and a unit distractor direction orthogonal to it (zeros if d = 1)."""
+    signal = rng.standard_normal(d)
+    signal /= np.linalg.norm(signal)
+    distractor = rng.standard_normal(d)
+    distractor -= distractor.dot(signal) * signal
+    norm = np.linalg.norm(distractor)
+    distractor = distractor / norm if d > 1 and norm > 1e-8 else np.zeros(d)
+    return signal, distractor
+
+
+def evidence(latents: np.ndarray, feature: str) -> np.ndarray:
+    """Evidence e_F in (-1, 1) of a feature from latents (N, 3) (columns text, audio, vision); shape (N,).
+
+    ``e_F = prod_m sign(z_m) * (1 - (2 Phi(-min_m |z_m|))^k)``: Uniform(-1, 1) for every feature.
+    """
+    columns = latents[:, list(_FEATURE_MODALITIES[feature])]
+    sign = np.prod(np.sign(columns), axis=1)
+    smallest = np.abs(columns).min(axis=1)
+    return sign * (1.0 - (2.0 * ndtr(-smallest)) ** columns.shape[1])
+
+
+def _split(
+    rng: np.random.Generator,
+    task: str,
+    concepts: tuple[str, ...],
+    planted: dict[str, str],
+    directions: list[tuple[np.ndarray, np.ndarray]],
+    n: int,
+    seq_len: int,
+    noise: float,
+    offset: int,
+) -> dict[str, np.ndarray]:
+    """One split dict: modality sequences (n, seq_len, d_m), labels, ids (global numbering from ``offset``)."""
+    latents = rng.standard_normal((n, len(MODALITIES)))
+    distractors = rng.standard_normal((n, len(MODALITIES)))
+    out: dict[str, np.ndarray] = {}
+    for m, modality in enumerate(MODALITIES):
+        signal, distractor = directions[m]
+        clean = SIGNAL * latents[:, m, None] * signal + DISTRACTOR * distractors[:, m, None] * distractor  # (n, d)
+        steps = clean[:, None, :] + noise * rng.standard_normal((n, seq_len, signal.shape[0]))
+        out[modality] = steps.astype(np.float32)
+    scores = np.stack([evidence(latents, planted[c]) for c in concepts], axis=1)  # (n, J)
+    labels, names = _labels(rng, task, concepts, scores)
+    out["labels"] = labels
+    out["id"], out["transcript"] = _ids_and_transcripts(offset, names, planted, task == "sentiment")
+    return out
+
+
+def _labels(
+    rng: np.random.Generator, task: str, concepts: tuple[str, ...], scores: np.ndarray
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Labels in the MulT layout from concept evidence (n, J), and each sample's positive concept names."""
+    if task == "sentiment":
+        classes = scores.argmax(axis=1)
+        jitter = rng.uniform(-SENTIMENT_JITTER, SENTIMENT_JITTER, size=classes.shape[0])
+        y = np.clip(classes - 3 + jitter, -3.0, 3.0)
+        return y.astype(np.float32).reshape(-1, 1, 1), [[concepts[k]] for k in classes]
+    positive = scores > 0
+    names = [[c for c, on in zip(concepts, row) if on] for row in positive]
+    if task == "iemocap":
+        return np.stack([~positive, positive], axis=-1).astype(np.float32), names
+    return (3.0 * np.maximum(scores, 0.0)).astype(np.float32), names
+
+
+def _ids_and_transcripts(
+    offset: int, names: list[list[str]], planted: dict[str, str], sentiment: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """MOSI-like ids (n, 3) ``[video, segment, video_segment]`` (4 segments per video) and made-up transcripts."""
+    rows, transcripts = [], []
+    for k, positive in enumerate(names, start=offset):
+        video, segment = f"synth{k // 4:05d}", str(k % 4 + 1)
+        rows.append((video, segment, f"{video}_{segment}"))
+        drivers = ", ".join(f"{c} (driven by {planted[c]})" for c in positive) or "no emotion"
+        transcripts.append(f"synthetic segment {k}: {'sentiment ' if sentiment else ''}{drivers}")
+    return np.array(rows, dtype=str).reshape(-1, 3), np.array(transcripts, dtype=str)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def planted_path_for(data_path: Path | str) -> Path:
+    """Where the planted JSON of a data file lives: ``<stem>.planted.json`` beside it."""
+    path = Path(data_path)
+    return path.with_name(path.stem + PLANTED_SUFFIX)
+
+
+def write_synthetic(
+    out: Path | str,
+    task: str = "sentiment",
+    n_train: int = 2000,
+    n_valid: int = 400,
+    n_test: int = 600,
+    seq_len: int = 8,
+    noise: float = 0.5,
+    seed: int = 0,
+    dims: Sequence[int] = DEFAULT_DIMS,
+    planted: Mapping[str, str] | None = None,
+) -> SynthResult:
+    """Write :func:`synthesize`'s data to ``out`` (pickle protocol 4) and its planted map beside it.
+
+    Both files are written atomically (temp file, then rename) and byte-for-byte deterministic given the arguments.
+    """
+    out = Path(out)
+    data, mapping = synthesize(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)
+    payload = pickle.dumps(data, protocol=4)
+    digest = hashlib.sha256(payload).hexdigest()
+    info = _planted_info(task, mapping, seed, noise, seq_len, dims, data, digest)
+    planted_file = planted_path_for(out)
+    _atomic_write(out, payload)
+    _atomic_write(planted_file, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    return SynthResult(data_path=out, planted_path=planted_file, planted=mapping, sha256=digest)
+
+
+def _planted_info(
+    task: str,
+    mapping: dict[str, str],
+    seed: int,
+    noise: float,
+    seq_len: int,
+    dims: Sequence[int],
+    data: dict[str, dict[str, np.ndarray]],
+    digest: str,
+) -> dict[str, Any]:
+    """The planted JSON document."""
+    return {
+        "format": PLANTED_FORMAT,
+        "version": 1,
+        "task": task,
+        "planted": mapping,
+        "concepts": list(TASK_CONCEPTS[task]),
+        "features": list(FEATURES),
+        "seed": int(seed),
+        "noise": float(noise),
+        "seq_len": int(seq_len),
+        "dims": dict(zip(MODALITIES, (int(d) for d in dims))),
+        "n": {split: int(values["labels"].shape[0]) for split, values in data.items()},
+        "data_sha256": digest,
+        "description": (
+            "Each modality carries a hidden latent z ~ N(0,1) along a fixed direction in every time step, plus a "
+            "weaker distractor and Gaussian noise. A concept's evidence comes only from its planted feature: for a "
+            "single modality it grows with z; for an interaction its sign is the product of the modalities' signs. "
+            + _task_rule(task)
+        ),
+    }
+
+
+def _task_rule(task: str) -> str:
+    """How labels follow from the evidence, for the JSON description."""
+    if task == "sentiment":
+        return "The class is the concept with the largest evidence; the score is class + Uniform(-0.3, 0.3)."
+    if task == "emotion":
+        return "An emotion is present (score > 0) when its evidence is positive; score = 3 * max(evidence, 0)."
+    return "An emotion is present (one-hot index 1) when its evidence is positive."
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write bytes to ``path`` via a temp file in the same folder and os.replace (creates parent folders)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(handle, 0o644)  # mkstemp makes 0600; data files are meant to be shared
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,405 @@
+"""The Multimodal Routing model (Tsai et al., EMNLP 2020, §3; DESIGN.md "The model").
+
+Shapes use ``B`` for the batch, ``T_m`` for the length of modality ``m``, ``d_m`` for its feature dim,
+``D = d_model``, ``F = 7`` routed features (:data:`interp.schema.FEATURES`), ``d_f`` the feature size,
+``J`` the number of concepts and ``d_c`` the concept size.
+
+Pipeline: three MulT-style encoders (self-attention per modality, six cross-modal encoders) give seven
+feature vectors ``h_i (B, D)`` in the order t, a, v, ta, av, vt, tav; a batched linear head maps each to
+``f_i (B, d_f)`` and ``p_i = sigmoid(.) (B,)``; :func:`route` (Procedure 1) turns them into concepts
+``c_j``; ``logit_j = <o_j, c_j>`` without bias, so that in eval mode each logit is exactly the sum over
+features of the contributions ``p_i r_ij <o_j, f_i W_ij>``.
+
+Nothing here does work at import time; no global state; feature dims come from :class:`ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from interp.errors import CheckpointError, InterpError
+from interp.schema import FEATURES, VARIANTS
+
+__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "route", "sinusoidal_positions"]
+
+N_FEATURES = len(FEATURES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a :class:`RoutingModel`; stored in checkpoints via :meth:`to_dict`.
+
+    ``input_dims`` are the (text, audio, vision) feature dims of the data; ``n_concepts`` is ``J``.
+    ``routing_iterations`` overrides the variant's default (routing 2, routing1 1, gam 0) when not None.
+    Invalid values raise :class:`~interp.errors.InterpError` with a one-line message.
+    """
+
+    task: str
+    variant: str
+    input_dims: tuple[int, int, int]
+    n_concepts: int
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    d_feature: int = 64
+    d_concept: int = 64
+    concept_dropout: float = 0.5
+    attn_dropout: float = 0.1
+    embed_dropout: float = 0.1
+    routing_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise InterpError(f"model config: task must be a non-empty string, got {self.task!r}")
+        if self.variant not in VARIANTS:
+            raise InterpError(
+                f"model config: unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}"
+            )
+        dims = tuple(self.input_dims) if isinstance(self.input_dims, (list, tuple)) else None
+        if dims is None or len(dims) != 3 or not all(_is_int(d) and d >= 1 for d in dims):
+            raise InterpError(
+                f"model config: input_dims must be three integers >= 1 (text, audio, vision), got {self.input_dims!r}"
+            )
+        self.input_dims = (int(dims[0]), int(dims[1]), int(dims[2]))
+        if not _is_int(self.n_concepts) or self.n_concepts < 2:
+            raise InterpError(f"model config: n_concepts must be an integer >= 2, got {self.n_concepts!r}")
+        for name in ("d_model", "n_heads", "n_layers", "d_feature", "d_concept"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise InterpError(f"model config: {name} must be an integer >= 1, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise InterpError(
+                f"model config: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        for name in ("concept_dropout", "attn_dropout", "embed_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise InterpError(f"model config: {name} must be a number in [0, 1), got {value!r}")
+            setattr(self, name, float(value))
+        it = self.routing_iterations
+        if it is not None:
+            if not _is_int(it) or it < 0:
+                raise InterpError(f"model config: routing_iterations must be an integer >= 0, got {it!r}")
+            if self.variant == "gam" and it != 0:
+                raise InterpError("model config: variant 'gam' has no routing; routing_iterations must be 0")
+            if self.variant != "gam" and it == 0:
+                raise InterpError(
+                    f"model config: variant {self.variant!r} needs routing_iterations >= 1 (use variant 'gam' for 0)"
+                )
+
+    @property
+    def iterations(self) -> int:
+        """Routing iterations actually used (0 = no routing, r fixed at 1/J)."""
+        return VARIANTS[self.variant] if self.routing_iterations is None else self.routing_iterations
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (str/int/float/list/None only): JSON- and ``torch.load(weights_only=True)``-safe."""
+        d = asdict(self)
+        d["input_dims"] = [int(x) for x in self.input_dims]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; missing optional keys take defaults.
+
+        Raises :class:`~interp.errors.CheckpointError` on an unknown key, a missing required key, or an
+        invalid value.
+        """
+        if not isinstance(d, dict):
+            raise CheckpointError(f"model config must be a dict, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise CheckpointError(f"model config has unknown key(s): {', '.join(unknown)}")
+        missing = [name for name in ("task", "variant", "input_dims", "n_concepts") if name not in d]
+        if missing:
+            raise CheckpointError(f"model config is missing key(s): {', '.join(missing)}")
+        kwargs = dict(d)
+        if isinstance(kwargs["input_dims"], list):
+            kwargs["input_dims"] = tuple(kwargs["input_dims"])
+        try:
+            return cls(**kwargs)
+        except CheckpointError:
+            raise
+        except InterpError as exc:
+            raise CheckpointError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Routing (Procedure 1)
+# --------------------------------------------------------------------------------------------------
+
+
+def route(f: Tensor, p: Tensor, W: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Multimodal routing (paper Procedure 1), batched over samples, features and concepts.
+
+    Args:
+        f: features ``(B, 7, d_f)``.
+        p: feature activations in [0, 1], ``(B, 7)``.
+        W: routing weights ``(7, d_f, J, d_c)``.
+        iterations: number of routing iterations; 0 means no routing (the ``gam`` baseline).
+
+    Returns:
+        ``(concepts (B, J, d_c), r (B, 7, J), votes (B, 7, J, d_c))`` with ``votes[b, i, j] = f_i W_ij``.
+
+    With ``iterations >= 1``: concepts start from uniform weights ``c_j = sum_i (1/J) u_ij`` (not weighted
+    by p, as in DESIGN.md); each iteration computes ``s_ij = <u_ij, c_j> / sqrt(d_c)``,
+    ``r_ij = softmax_j(s_ij)`` and ``c_j = sum_i p_i r_ij u_ij``.
+
+    With ``iterations == 0``: ``r_ij = 1/J`` exactly and ``c_j = sum_i p_i (1/J) u_ij``. DESIGN.md writes
+    gam's logit as ``sum_i p_i <o_j, u_ij>``; keeping the 1/J factor only rescales ``o_j`` (same model
+    family) and makes both ``r == 1/J`` and ``logit_j == sum_i p_i r_ij <o_j, u_ij>`` hold exactly.
+
+    No squash and no normalisation of concepts, so ``c_j`` is always linear in the votes (the
+    contribution decomposition relies on it).
+    """
+    if iterations < 0:
+        raise InterpError(f"routing iterations must be >= 0, got {iterations}")
+    n_concepts = W.shape[2]
+    votes = torch.einsum("bif,ifjc->bijc", f, W)
+    if iterations == 0:
+        r = torch.full(votes.shape[:3], 1.0 / n_concepts, dtype=votes.dtype, device=votes.device)
+        return torch.einsum("bi,bij,bijc->bjc", p, r, votes), r, votes
+    scale = 1.0 / math.sqrt(W.shape[3])
+    concepts = votes.sum(dim=1) / n_concepts
+    for _ in range(iterations):
+        s = torch.einsum("bijc,bjc->bij", votes, concepts) * scale
+        r = torch.softmax(s, dim=-1)
+        concepts = torch.einsum("bi,bij,bijc->bjc", p, r, votes)
+    return concepts, r, votes
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoders (MulT style)
+# --------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Sinusoidal position encodings ``(length, dim)`` for any length (sin on even, cos on odd channels)."""
+    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return pe.to(dtype)
+
+
+class ModalityEmbedding(nn.Module):
+    """1x1 Conv1d projection ``d_m -> D``, scaled by sqrt(D), plus sinusoidal positions and dropout.
+
+    ``(B, T, d_m) -> (B, T, D)``.
+    """
+
+    def __init__(self, d_in: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.proj = nn.Conv1d(d_in, d_model, kernel_size=1, bias=False)
+        self.scale = math.sqrt(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, T, d_m) -> (B, T, D)``."""
+        h = self.proj(x.transpose(1, 2)).transpose(1, 2) * self.scale
+        h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
+        return self.dropout(h)
+
+
+class SelfAttentionEncoder(nn.Module):
+    """``n_layers`` pre-LN transformer encoder layers and a final LayerNorm: ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, d_model: int, n_heads: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model,
+                n_heads,
+                dim_feedforward=4 * d_model,
+                dropout=dropout,
+                activation="relu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, T, D) -> (B, T, D)``."""
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+class CrossModalLayer(nn.Module):
+    """Pre-LN cross-modal block: the query sequence attends to a source sequence, then a feed-forward.
+
+    ``x (B, T_q, D)``, ``y (B, T_k, D) -> (B, T_q, D)``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.drop1 = nn.Dropout(dropout)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * d_model, d_model),
+        )
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``."""
+        q = self.norm_q(x)
+        kv = self.norm_kv(y)
+        attended, _ = self.attn(q, kv, kv, need_weights=False)
+        x = x + self.drop1(attended)
+        x = x + self.drop2(self.ff(self.norm_ff(x)))
+        return x
+
+
+class CrossModalEncoder(nn.Module):
+    """``n_layers`` cross-modal blocks (the source is the same at every layer) and a final LayerNorm."""
+
+    def __init__(self, d_model: int, n_heads: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CrossModalLayer(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``."""
+        for layer in self.layers:
+            x = layer(x, y)
+        return self.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoutingOutput:
+    """One forward pass. In eval mode ``logits == contributions.sum(1)`` (to float32 rounding).
+
+    Attributes:
+        logits: ``(B, J)`` float32.
+        p: ``(B, 7)`` feature activations in [0, 1].
+        r: ``(B, 7, J)`` routing coefficients; each row sums to 1 over concepts.
+        contributions: ``(B, 7, J)``, ``p_i r_ij <o_j, f_i W_ij>``.
+    """
+
+    logits: Tensor
+    p: Tensor
+    r: Tensor
+    contributions: Tensor
+
+
+#: (query modality, source modality) of the six cross-modal encoders, as indices into (text, audio, vision).
+_CROSS_PAIRS: dict[str, tuple[int, int]] = {
+    "ta": (0, 1),  # text queries audio
+    "av": (1, 2),  # audio queries vision
+    "vt": (2, 0),  # vision queries text
+    "at": (1, 0),  # audio queries text   (reverse, fused into tav)
+    "va": (2, 1),  # vision queries audio (reverse, fused into tav)
+    "tv": (0, 2),  # text queries vision  (reverse, fused into tav)
+}
+
+
+class RoutingModel(nn.Module):
+    """Multimodal Routing: encoders -> seven features (f_i, p_i) -> routing -> concept logits.
+
+    ``forward(text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v)) -> RoutingOutput``.
+    Sequence lengths may differ per modality (any T >= 1). Under ``torch.autocast`` the encoders run in the
+    autocast dtype, while the heads, routing, logits and contributions always run in float32.
+    Concept dropout is applied only in training mode, so the contribution identity
+    ``logits == contributions.sum(1)`` holds exactly in eval mode (not in training mode).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = nn.ModuleList(ModalityEmbedding(d, c.d_model, c.embed_dropout) for d in c.input_dims)
+        self.self_encoders = nn.ModuleList(
+            SelfAttentionEncoder(c.d_model, c.n_heads, c.n_layers, c.attn_dropout) for _ in range(3)
+        )
+        self.cross_encoders = nn.ModuleDict(
+            {name: CrossModalEncoder(c.d_model, c.n_heads, c.n_layers, c.attn_dropout) for name in _CROSS_PAIRS}
+        )
+        self.fusion = nn.Linear(3 * c.d_model, c.d_model)
+        # Seven linear heads D -> d_f + 1, batched.
+        bound = 1.0 / math.sqrt(c.d_model)
+        self.head_weight = nn.Parameter(torch.empty(N_FEATURES, c.d_model, c.d_feature + 1).uniform_(-bound, bound))
+        self.head_bias = nn.Parameter(torch.empty(N_FEATURES, c.d_feature + 1).uniform_(-bound, bound))
+        # Routing weights W_ij (7, d_f, J, d_c) and concept read-outs o_j (J, d_c).
+        self.W = nn.Parameter(torch.randn(N_FEATURES, c.d_feature, c.n_concepts, c.d_concept) / math.sqrt(c.d_feature))
+        self.o = nn.Parameter(torch.randn(c.n_concepts, c.d_concept) / math.sqrt(c.d_concept))
+        self.concept_dropout = nn.Dropout(c.concept_dropout)
+
+    def n_parameters(self) -> int:
+        """Number of scalar parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_inputs(self, text: Tensor, audio: Tensor, vision: Tensor) -> None:
+        batch = text.shape[0] if text.dim() == 3 else None
+        for name, x, d in zip(("text", "audio", "vision"), (text, audio, vision), self.config.input_dims):
+            if x.dim() != 3:
+                raise InterpError(f"{name} input must be (batch, time, dim), got shape {tuple(x.shape)}")
+            if x.shape[2] != d:
+                raise InterpError(f"{name} input has feature dim {x.shape[2]} but the model expects {d}")
+            if x.shape[1] < 1:
+                raise InterpError(f"{name} input has an empty time axis")
+            if x.shape[0] != batch:
+                raise InterpError(f"inputs disagree on batch size: text {batch}, {name} {x.shape[0]}")
+
+    def encode(self, text: Tensor, audio: Tensor, vision: Tensor) -> Tensor:
+        """Seven encoded feature vectors ``(B, 7, D)`` in the order t, a, v, ta, av, vt, tav.
+
+        Runs in the ambient autocast dtype (if any).
+        """
+        self._check_inputs(text, audio, vision)
+        x = [emb(m) for emb, m in zip(self.embed, (text, audio, vision))]
+        unimodal = [enc(xm)[:, -1] for enc, xm in zip(self.self_encoders, x)]
+        last = {name: self.cross_encoders[name](x[q], x[k])[:, -1] for name, (q, k) in _CROSS_PAIRS.items()}
+        tav = self.fusion(torch.cat([last["at"], last["va"], last["tv"]], dim=-1))
+        return torch.stack([*unimodal, last["ta"], last["av"], last["vt"], tav], dim=1)
+
+    def _heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``h (B, 7, D)`` float32 -> ``(f (B, 7, d_f), p (B, 7))``."""
+        out = torch.einsum("bid,ide->bie", h, self.head_weight) + self.head_bias
+        return out[..., :-1], torch.sigmoid(out[..., -1])
+
+    def features(self, text: Tensor, audio: Tensor, vision: Tensor) -> tuple[Tensor, Tensor]:
+        """Routed features: ``f (B, 7, d_f)`` and ``p (B, 7)``, both float32."""
+        h = self.encode(text, audio, vision)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self._heads(h.float())
+
+    def forward(self, text: Tensor, audio: Tensor, vision: Tensor) -> RoutingOutput:
+        """``text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v) -> RoutingOutput`` (float32)."""
+        h = self.encode(text, audio, vision)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            f, p = self._heads(h.float())
+            W = self.W.float()
+            o = self.o.float()
+            concepts, r, votes = route(f, p, W, self.config.iterations)
+            logits = torch.einsum("bjc,jc->bj", self.concept_dropout(concepts), o)
+            contributions = p.unsqueeze(-1) * r * torch.einsum("bijc,jc->bij", votes, o)
+        return RoutingOutput(logits=logits, p=p, r=r, contributions=contributions)

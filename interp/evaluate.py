@@ -1,0 +1,83 @@
+"""`interp eval`: the paper's Table 1/2 metrics of a checkpoint on a split (test by default)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interp.data import get_split, load_dataset, targets
+from interp.metrics import task_metrics
+from interp.runs import atomic_write_text
+from interp.train import check_compatible, load_checkpoint, predict_logits, resolve_data_path, resolve_device
+
+#: Display names of the metrics, in table order.
+METRIC_LABELS = {
+    "acc7": "Acc7",
+    "acc2": "Acc2 (non-zero)",
+    "f1": "F1 weighted (non-zero)",
+    "mae": "MAE (expected score)",
+    "corr": "Pearson r (expected score)",
+    "acc2_majority": "Acc2 of the majority class",
+    "acc_mean": "mean accuracy",
+    "f1_mean": "mean weighted F1",
+}
+
+
+@dataclass
+class EvalResult:
+    """Metrics of a checkpoint on one split, and where they were written."""
+
+    task: str
+    split: str
+    metrics: dict[str, float]
+    path: Path
+    checkpoint: Path
+    data: Path
+
+    def table(self) -> str:
+        """The metrics as an aligned two-column text table."""
+        rows = [(METRIC_LABELS.get(key, key), value) for key, value in self.metrics.items()]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{self.task} metrics on {self.split} ({self.data})", "-" * (width + 12)]
+        for name, value in rows:
+            text = f"{value:d}" if isinstance(value, int) else f"{value:.4f}"
+            lines.append(f"{name:<{width}}  {text:>9}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "split": self.split,
+            "metrics": self.metrics,
+            "checkpoint": str(self.checkpoint),
+            "data": str(self.data),
+        }
+
+
+def evaluate(
+    ckpt: Path | str,
+    data: Path | str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    out: Path | str | None = None,
+) -> EvalResult:
+    """Metrics of ``ckpt`` on ``split`` of ``data`` (default: the data recorded in the checkpoint).
+
+    Writes them as JSON to ``out`` (default: ``<checkpoint>.eval-<split>.json`` beside the checkpoint).
+    """
+    torch_device = resolve_device(device)
+    loaded = load_checkpoint(ckpt, torch_device)
+    data_path = resolve_data_path(loaded.checkpoint, data)
+    dataset = load_dataset(data_path)
+    chosen = get_split(dataset, split)
+    check_compatible(loaded, dataset, chosen)
+    logits = predict_logits(loaded.model, chosen, torch_device, batch_size)
+    scores = chosen.labels.reshape(-1) if loaded.task == "sentiment" else None
+    metrics = task_metrics(loaded.task, logits, targets(chosen.labels, loaded.task), loaded.concepts, scores=scores)
+    path = Path(out) if out is not None else Path(ckpt).with_name(f"{Path(ckpt).stem}.eval-{split}.json")
+    result = EvalResult(task=loaded.task, split=split, metrics=metrics, path=path, checkpoint=Path(ckpt), data=data_path)
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=2))
+    return result

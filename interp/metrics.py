@@ -1,0 +1,115 @@
+"""The paper's Table 1/2 metrics, as plain numpy functions.
+
+Sentiment (CMU-MOSI / CMU-MOSEI): Acc7 on ``clip(round(y), -3, 3)``; Acc2 and weighted F1 of positive vs
+negative on the samples whose label is not zero (MulT's convention); MAE and Pearson r of the expected score
+``sum_j prob_j · (j - 3)`` against the continuous label. Emotion / IEMOCAP: per-emotion binary accuracy and
+weighted F1, and their means.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from interp.runwriter import probabilities
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of equal entries of two (N,) arrays."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    return float(np.mean(y_true == y_pred))
+
+
+def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of each class present in ``y_true``, averaged with weights = class support (scikit-learn's "weighted").
+
+    y_true, y_pred: (N,) class labels of any hashable dtype. A class never predicted has F1 = 0.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    classes, support = np.unique(y_true, return_counts=True)
+    scores = []
+    for cls in classes:
+        true_positive = np.sum((y_pred == cls) & (y_true == cls))
+        predicted = np.sum(y_pred == cls)
+        actual = np.sum(y_true == cls)
+        denominator = predicted + actual
+        scores.append(0.0 if denominator == 0 else 2.0 * true_positive / denominator)
+    return float(np.average(scores, weights=support))
+
+
+def sentiment_classes(scores: np.ndarray) -> np.ndarray:
+    """7-class index 0..6 of continuous sentiment scores (N,): ``clip(round(y), -3, 3) + 3``."""
+    return (np.clip(np.round(np.asarray(scores, dtype=np.float64)), -3, 3) + 3).astype(np.int64)
+
+
+def expected_score(probs: np.ndarray) -> np.ndarray:
+    """Expected sentiment score (N,) of class probabilities (N, 7) over the scores -3..3."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs @ (np.arange(probs.shape[1]) - (probs.shape[1] - 1) / 2)
+
+
+def sentiment_metrics(logits: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Acc7, Acc2, F1 (weighted, non-zero labels), MAE, Pearson r and the majority-class Acc2 baseline.
+
+    logits: (N, 7) concept logits "-3".."3"; scores: (N,) continuous labels in [-3, 3].
+    Acc2 and F1 compare ``expected score > 0`` with ``y > 0`` on the samples with ``y != 0``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    probs = probabilities("sentiment", np.asarray(logits))
+    predicted_class = np.asarray(logits).argmax(axis=1)
+    expected = expected_score(probs)
+    non_zero = scores != 0
+    truth_positive = scores[non_zero] > 0
+    predicted_positive = expected[non_zero] > 0
+    majority = max(truth_positive.mean(), 1 - truth_positive.mean()) if truth_positive.size else float("nan")
+    correlation = (
+        float(np.corrcoef(expected, scores)[0, 1]) if len(scores) > 1 and expected.std() > 0 and scores.std() > 0
+        else float("nan")
+    )
+    return {
+        "acc7": accuracy(sentiment_classes(scores), predicted_class),
+        "acc2": accuracy(truth_positive, predicted_positive),
+        "f1": weighted_f1(truth_positive, predicted_positive),
+        "mae": float(np.mean(np.abs(expected - scores))),
+        "corr": correlation,
+        "acc2_majority": float(majority),
+        "n": int(len(scores)),
+        "n_nonzero": int(non_zero.sum()),
+    }
+
+
+def multilabel_metrics(logits: np.ndarray, targets: np.ndarray, concepts: Sequence[str]) -> dict[str, float]:
+    """Per-emotion binary accuracy and weighted F1 (prediction: logit > 0), with their means.
+
+    logits: (N, J); targets: (N, J) 0/1. Keys: ``acc_<concept>``, ``f1_<concept>``, ``acc_mean``, ``f1_mean``.
+    """
+    predicted = np.asarray(logits) > 0
+    truth = np.asarray(targets) > 0.5
+    result: dict[str, float] = {}
+    for j, concept in enumerate(concepts):
+        result[f"acc_{concept}"] = accuracy(truth[:, j], predicted[:, j])
+        result[f"f1_{concept}"] = weighted_f1(truth[:, j], predicted[:, j])
+    result["acc_mean"] = float(np.mean([result[f"acc_{c}"] for c in concepts]))
+    result["f1_mean"] = float(np.mean([result[f"f1_{c}"] for c in concepts]))
+    result["n"] = int(len(truth))
+    return result
+
+
+def task_metrics(
+    task: str, logits: np.ndarray, targets: np.ndarray, concepts: Sequence[str], scores: np.ndarray | None = None
+) -> dict[str, float]:
+    """The metrics of a task: :func:`sentiment_metrics` (needs the continuous ``scores``) or :func:`multilabel_metrics`."""
+    if task == "sentiment":
+        if scores is None:
+            scores = np.asarray(targets, dtype=np.float64) - 3  # class centres when no continuous label is known
+        return sentiment_metrics(logits, scores)
+    return multilabel_metrics(logits, targets, concepts)
+
+
+#: The headline metric of each task and whether larger is better (used for display).
+HEADLINE = {"sentiment": ("acc2", True), "emotion": ("f1_mean", True), "iemocap": ("f1_mean", True)}

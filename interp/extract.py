@@ -1,0 +1,254 @@
+"""`interp extract`: run a checkpoint over a data split and write the run directory.
+
+One forward pass per batch under ``torch.inference_mode()`` in eval mode gives the logits and, from the same
+pass, each sample's p_i (7,), r_ij (7, J) and contributions p_i r_ij <o_j, f_i W_ij> (7, J). Batches stream
+into parquet row groups (memory stays flat in the number of samples) inside a temp folder that is renamed
+into place at the end (see :mod:`interp.runwriter`).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
+
+from interp.data import Dataset, Split, get_split, load_dataset, seq_lens, targets
+from interp.errors import InterpError
+from interp.progress import progress_bar
+from interp.runs import DEFAULT_RUNS_ROOT
+from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter
+from interp.schema import FEATURES, ROUTING_FILE, SAMPLES_FILE
+from interp.train import LoadedModel, check_compatible, load_checkpoint, package_versions, resolve_data_path, resolve_device
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class ExtractionSource:
+    """The samples to extract: one split, or all splits one after another."""
+
+    name: str
+    parts: list[Split]
+
+    @property
+    def n(self) -> int:
+        return sum(part.n for part in self.parts)
+
+    @property
+    def has_transcripts(self) -> bool:
+        return all(part.transcripts is not None for part in self.parts)
+
+
+class _SplitSamples(TorchDataset):
+    """Index → (text (T_t,d_t), audio, vision, position) over the concatenated parts, as float32 tensors."""
+
+    def __init__(self, parts: Sequence[Split]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [part.n for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return part, index - int(self.offsets[part])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        part, row = self.locate(index)
+        split = self.parts[part]
+        return (
+            torch.from_numpy(np.asarray(split.text[row], dtype=np.float32)),
+            torch.from_numpy(np.asarray(split.audio[row], dtype=np.float32)),
+            torch.from_numpy(np.asarray(split.vision[row], dtype=np.float32)),
+            index,
+        )
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+        return [self[i] for i in indices]
+
+
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, ...]:
+    text, audio, vision, index = zip(*items)
+    return torch.stack(text), torch.stack(audio), torch.stack(vision), torch.tensor(index, dtype=torch.int64)
+
+
+def select_source(dataset: Dataset, split: str) -> ExtractionSource:
+    """The split to extract; ``all`` is train, valid and test in that order (those present)."""
+    if split == "all":
+        parts = [dataset.splits[name] for name in SPLITS if name in dataset.splits]
+        parts += [s for name, s in dataset.splits.items() if name not in SPLITS]
+        return ExtractionSource("all", parts)
+    if split not in dataset.splits and split not in SPLITS:
+        raise InterpError(f"unknown split {split!r}; choose train, valid, test or all")
+    return ExtractionSource(split, [get_split(dataset, split)])
+
+
+def default_run_dir(ckpt: Path | str, split: str, runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
+    """``runs/<checkpoint stem>-<split>``, e.g. ``runs/model-test``."""
+    return Path(runs_root) / f"{Path(ckpt).stem}-{split}"
+
+
+def iterate_batches(
+    loaded: LoadedModel,
+    source: ExtractionSource,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int = 0,
+    amp: str | None = None,
+    model: torch.nn.Module | None = None,
+    sampler: Sampler[int] | None = None,
+) -> Iterator[RunBatch]:
+    """Run the model over ``source`` and yield one :class:`RunBatch` per batch (one forward pass each)."""
+    samples = _SplitSamples(source.parts)
+    loader = DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    network = model if model is not None else loaded.model
+    network.eval()
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
+    )
+    offsets = samples.offsets
+    all_targets = np.concatenate([targets(part.labels, loaded.task) for part in source.parts])
+    all_scores = (
+        np.concatenate([part.labels.reshape(part.n, -1)[:, 0] for part in source.parts]).astype(np.float32)
+        if loaded.task == "sentiment"
+        else None
+    )
+    all_ids = np.array([sample_id for part in source.parts for sample_id in part.ids], dtype=object)
+    split_names = np.array([part.name for part in source.parts], dtype=object)
+    all_transcripts = (
+        np.array([t for part in source.parts for t in part.transcripts], dtype=object)  # type: ignore[union-attr]
+        if source.has_transcripts
+        else None
+    )
+    with torch.inference_mode():
+        for text, audio, vision, index in loader:
+            with autocast:
+                output = network(
+                    text.to(device, non_blocking=True),
+                    audio.to(device, non_blocking=True),
+                    vision.to(device, non_blocking=True),
+                )
+            index_np = index.numpy()
+            parts = np.searchsorted(offsets, index_np, side="right") - 1
+            yield RunBatch(
+                sample_ids=all_ids[index_np].tolist(),
+                split=split_names[parts].tolist() if len(source.parts) > 1 else source.parts[0].name,
+                rows=index_np - offsets[parts],
+                targets=all_targets[index_np],
+                logits=output.logits.float().cpu().numpy(),
+                p=output.p.float().cpu().numpy(),
+                r=output.r.float().cpu().numpy(),
+                contributions=output.contributions.float().cpu().numpy(),
+                scores=all_scores[index_np] if all_scores is not None else None,
+                transcripts=all_transcripts[index_np].tolist() if all_transcripts is not None else None,
+            )
+
+
+def run_meta(
+    loaded: LoadedModel,
+    dataset: Dataset,
+    source: ExtractionSource,
+    n: int,
+    amp: str | None,
+    batch_size: int,
+    shards: list[str] | None = None,
+    samples: list[str] | None = None,
+) -> dict[str, Any]:
+    """The run's meta.json (DESIGN.md, "Run directory")."""
+    checkpoint = loaded.checkpoint
+    return {
+        "task": loaded.task,
+        "variant": checkpoint.get("variant", loaded.config.variant),
+        "concepts": loaded.concepts,
+        "features": list(FEATURES),
+        "J": len(loaded.concepts),
+        "checkpoint": str(loaded.path),
+        "checkpoint_sha256": loaded.sha256,
+        "data": str(dataset.path),
+        "data_sha256": dataset.sha256,
+        "split": source.name,
+        "n": n,
+        "seq_lens": {part.name: list(seq_lens(part)) for part in source.parts},
+        "model_config": loaded.config.to_dict(),
+        "train": {k: v for k, v in checkpoint.get("train", {}).items() if k != "history"},
+        "planted": dataset.planted,
+        "nonfinite": dict(dataset.nonfinite),
+        "versions": package_versions(),
+        "amp": amp,
+        "batch_size": batch_size,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shards": shards or [ROUTING_FILE],
+        "samples": samples or [SAMPLES_FILE],
+    }
+
+
+def extract(
+    ckpt: Path | str,
+    data: Path | str | None = None,
+    split: str | None = None,
+    out: Path | str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    force: bool = False,
+    amp: str | None = None,
+    num_workers: int = 0,
+    compile: bool = False,
+    progress: bool = True,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    runs_root: Path | str = DEFAULT_RUNS_ROOT,
+) -> Path:
+    """Extract every sample's interpretation values of ``split`` into a run directory; returns its path.
+
+    ``data`` and ``split`` default to what the checkpoint recorded (its data file; the test split).
+    ``amp="bf16"`` autocasts the encoders on CUDA; p, r and contributions are always computed in fp32.
+    """
+    torch_device = resolve_device(device)
+    if amp not in (None, "bf16"):
+        raise InterpError(f"unknown --amp {amp!r}; the only choice is bf16")
+    if amp == "bf16" and torch_device.type != "cuda":
+        raise InterpError("--amp bf16 needs a CUDA device; drop --amp on CPU")
+    if batch_size < 1:
+        raise InterpError(f"--batch-size must be at least 1, got {batch_size}")
+    loaded = load_checkpoint(ckpt, torch_device)
+    split = split or "test"
+    if split not in SPLITS + ("all",):
+        raise InterpError(f"unknown split {split!r}; choose train, valid, test or all")
+    dataset = load_dataset(resolve_data_path(loaded.checkpoint, data))
+    source = select_source(dataset, split)
+    for part in source.parts:
+        check_compatible(loaded, dataset, part)
+    out_dir = Path(out) if out is not None else default_run_dir(ckpt, source.name, runs_root)
+    model = torch.compile(loaded.model) if compile else loaded.model
+    writer = RunWriter(
+        out_dir,
+        task=loaded.task,
+        concepts=loaded.concepts,
+        with_score=loaded.task == "sentiment",
+        with_transcript=source.has_transcripts,
+        force=force,
+        row_group_rows=row_group_rows,
+    )
+    started = time.perf_counter()
+    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar:
+        for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
+            writer.write(batch)
+            bar.advance(batch.size)
+            bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
+        meta = run_meta(loaded, dataset, source, writer.n, amp, batch_size)
+        return writer.finish(meta, force=force)

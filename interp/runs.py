@@ -17,6 +17,8 @@ from interp.schema import META_FILE, ROUTING_FILE, ROUTING_SHARD_GLOB, SAMPLES_F
 
 DEFAULT_RUNS_ROOT = Path("runs")
 DEFAULT_REPORTS_ROOT = Path("reports")
+#: Mode of files written atomically (mkstemp creates 0600; reports and checkpoints are meant to be shared).
+_FILE_MODE = 0o644
 
 
 def is_run(path: Path) -> bool:
@@ -95,6 +97,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp, _FILE_MODE)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -111,6 +114,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp, _FILE_MODE)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -1,0 +1,340 @@
+"""`interp global`: the paper's global interpretation tables (Tables 3–7) for one or more runs.
+
+:func:`run_global` resolves the runs (default: the most recent one), computes the statistics
+(:mod:`interp.stats`), writes the tables as CSV, JSON, Markdown and LaTeX (:mod:`interp.tables`) and an HTML page
+``global.html`` (jinja2 template ``templates/global.html``, autoescaped, self-contained: inline CSS, heatmaps as
+inline PNG), and returns a :class:`GlobalReport` whose :meth:`GlobalReport.render_terminal` is what the CLI prints.
+
+Files written into ``out`` (default ``reports/<run>/``; with several runs ``reports/<run1>+<run2>/``):
+
+* ``global.html`` — the r, p·r and p tables (the paper's Tables 3–7 when one sentiment and one emotion run are
+  given), heatmaps of the means with the baseline 1/J marked, and a methods paragraph;
+* per run (in ``out`` for one run, in ``out/<run>/`` for several): ``global.json`` and ``global_cells.csv``
+  (every cell of every quantity), and for each quantity q in r, pr, p ``global_<q>.csv``, ``.json``, ``.md``,
+  ``.tex``;
+* with the paper's layout, also ``table<k>.md`` / ``table<k>.tex`` for k = 3..7 in ``out``.
+
+Other pages (the full report) reuse the HTML through :func:`render_global_section`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from interp import __version__
+from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_run
+from interp.stats import QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
+from interp.tables import (
+    LEGEND_PLAIN,
+    QUANTITY_NAMES,
+    QUANTITY_SYMBOLS,
+    TableSpec,
+    format_interval,
+    layout_tables,
+    methods_paragraph,
+    render_terminal,
+    single_spec,
+    to_csv,
+    to_json,
+    to_latex,
+    to_markdown,
+)
+
+TEMPLATE = "global.html"
+
+
+@dataclass
+class GlobalReport:
+    """What :func:`run_global` produced: the statistics of each run and the files written."""
+
+    results: list[GlobalStats]
+    out_dir: Path
+    html_path: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def render_terminal(self, color: bool | None = None) -> str:
+        """The tables as text for the terminal (ANSI styles only when ``color``, default: stdout is a tty)."""
+        if color is None:
+            color = sys.stdout.isatty()
+        return render_terminal(self.results, color=color)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every cell of every run (long format)."""
+        return pd.concat([stats.to_frame() for stats in self.results], ignore_index=True)
+
+    def summary(self) -> str:
+        """Plain-text summary of each run."""
+        return "\n\n".join(stats.summary() for stats in self.results)
+
+
+def run_global(
+    runs: Sequence[Path | str] | Path | str | None = None,
+    baseline: str | float = "uniform",
+    level: float = 0.95,
+    group: str = "all",
+    interval: str = "clt",
+    correction: str = "none",
+    split: str | None = None,
+    out: Path | str | None = None,
+    bootstrap_samples: int = 2000,
+    seed: int = 0,
+    *,
+    runs_root: Path | str = DEFAULT_RUNS_ROOT,
+    reports_root: Path | str = DEFAULT_REPORTS_ROOT,
+    heatmaps: bool = True,
+) -> GlobalReport:
+    """Compute the global statistics of ``runs`` (default: the most recent run under ``runs_root``) and write
+    the tables and ``global.html`` into ``out`` (default ``reports_root/<run name>/``).
+
+    Raises :class:`interp.errors.InterpError` (CLI exit 2) on a missing run, bad options or an empty split.
+    """
+    options = StatsOptions(
+        level=level, group=group, interval=interval, correction=correction, split=split, baseline=baseline,
+        bootstrap_samples=bootstrap_samples, seed=seed,
+    ).validated()
+    paths = _resolve_runs(runs, runs_root)
+    results = [compute_global_stats(path, options) for path in paths]
+    out_dir = Path(out) if out is not None else Path(reports_root) / "+".join(stats.name for stats in results)
+    files = write_global_outputs(results, out_dir, heatmaps=heatmaps)
+    return GlobalReport(results=results, out_dir=out_dir, html_path=files["html"], files=files)
+
+
+def _resolve_runs(runs: Sequence[Path | str] | Path | str | None, runs_root: Path | str) -> list[Path]:
+    if runs is None or (not isinstance(runs, (str, Path)) and len(runs) == 0):
+        return [resolve_run(None, runs_root)]
+    if isinstance(runs, (str, Path)):
+        runs = [runs]
+    return [resolve_run(run, runs_root) for run in runs]
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def write_global_outputs(results: Sequence[GlobalStats], out_dir: Path | str, heatmaps: bool = True) -> dict[str, Path]:
+    """Write every table file and ``global.html`` (atomically); returns {label: path}, ``"html"`` included."""
+    out_dir = Path(out_dir)
+    files: dict[str, Path] = {}
+    folders = _run_folders(results, out_dir)
+    for stats, folder in zip(results, folders):
+        prefix = "" if len(results) == 1 else f"{stats.name}:"
+        files[f"{prefix}json"] = _write(folder / "global.json", to_json(stats))
+        files[f"{prefix}cells.csv"] = _write(folder / "global_cells.csv", to_csv(stats))
+        for quantity in QUANTITIES:
+            spec = single_spec(stats, quantity)
+            files[f"{prefix}{quantity}.csv"] = _write(folder / f"global_{quantity}.csv", to_csv(stats, quantity))
+            files[f"{prefix}{quantity}.json"] = _write(folder / f"global_{quantity}.json", to_json(stats, quantity))
+            files[f"{prefix}{quantity}.md"] = _write(folder / f"global_{quantity}.md", to_markdown(spec))
+            files[f"{prefix}{quantity}.tex"] = _write(folder / f"global_{quantity}.tex", to_latex(spec))
+    for spec in layout_tables(results):
+        if spec.number is not None:
+            files[f"{spec.key}.md"] = _write(out_dir / f"{spec.key}.md", to_markdown(spec))
+            files[f"{spec.key}.tex"] = _write(out_dir / f"{spec.key}.tex", to_latex(spec))
+    files["html"] = _write(out_dir / "global.html", render_global_page(results, heatmaps=heatmaps))
+    return files
+
+
+def _run_folders(results: Sequence[GlobalStats], out_dir: Path) -> list[Path]:
+    if len(results) == 1:
+        return [out_dir]
+    folders: list[Path] = []
+    seen: dict[str, int] = {}
+    for stats in results:
+        count = seen.get(stats.name, 0)
+        seen[stats.name] = count + 1
+        folders.append(out_dir / (stats.name if count == 0 else f"{stats.name}-{count + 1}"))
+    return folders
+
+
+def _write(path: Path, text: str) -> Path:
+    atomic_write_text(path, text)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- HTML
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("interp.templates", ""),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.ChainableUndefined,
+    )
+
+
+def _number(value: Any) -> str:
+    """Full-precision text of a number for data attributes (``nan`` when missing)."""
+    value = float(value)
+    return repr(value) if np.isfinite(value) else "nan"
+
+
+def _cell_view(stats: GlobalStats, quantity: str, row: Any) -> dict[str, Any]:
+    text = format_interval(row.low, row.high, int(row.n))
+    classes = ["cell"]
+    if row.bold:
+        classes.append("bold")
+    if row.significant:
+        classes.append(f"sig-{row.significant}")
+    if int(row.n) < 2:
+        classes.append("no-interval")
+    p_text = "" if not np.isfinite(row.p_adjusted) else f", p = {row.p_adjusted:.3g}"
+    std_text = "undefined" if not np.isfinite(row.std) else f"{row.std:.4f}"
+    mean_text = "—" if not np.isfinite(row.mean) else f"{row.mean:.4f}"
+    return {
+        "text": text,
+        "bold": bool(row.bold),
+        "mark": "" if row.bold else {"above": "+", "below": "−"}.get(row.significant, ""),
+        "classes": " ".join(classes),
+        "run": stats.name,
+        "task": stats.task,
+        "quantity": quantity,
+        "feature": row.feature,
+        "concept": row.concept,
+        "mean": _number(row.mean),
+        "std": _number(row.std),
+        "n": int(row.n),
+        "low": _number(row.low),
+        "high": _number(row.high),
+        "p_value": _number(row.p_value),
+        "p_adjusted": _number(row.p_adjusted),
+        "significant": row.significant,
+        "title": f"{row.feature} → {row.concept}: mean {mean_text}, sd {std_text}, n {int(row.n)}{p_text}",
+    }
+
+
+def _table_view(spec: TableSpec) -> dict[str, Any]:
+    several = len(spec.parts) > 1
+    groups = [
+        {"label": stats.task if several else "", "columns": list(stats.columns(spec.quantity)),
+         "span": len(stats.columns(spec.quantity))}
+        for stats in spec.parts
+    ]
+    by_part = []
+    for stats in spec.parts:
+        frame = stats.quantity_cells(spec.quantity)
+        by_part.append((stats, {(r.feature, r.concept): r for r in frame.itertuples(index=False)}))
+    rows = []
+    for feature in spec.parts[0].features:
+        cells = [
+            _cell_view(stats, spec.quantity, cells_of[(feature, column)])
+            for stats, cells_of in by_part
+            for column in stats.columns(spec.quantity)
+        ]
+        rows.append({"feature": feature, "cells": cells})
+    return {
+        "id": f"global-{spec.key}",
+        "number": spec.number,
+        "quantity": spec.quantity,
+        "name": QUANTITY_NAMES[spec.quantity],
+        "title": spec.title,
+        "groups": groups,
+        "grouped": several,
+        "rows": rows,
+    }
+
+
+def heatmap_png(stats: GlobalStats, dpi: int = 110) -> bytes:
+    """PNG of the means of r, p·r and p (one panel each), diverging colours centred at the baseline 1/J,
+    the baseline marked on the colour bar, bold cells outlined. Uses a bare matplotlib Figure (no pyplot state)."""
+    import seaborn as sns
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    frames = {q: stats.values(q, "mean") for q in QUANTITIES}
+    bolds = {q: stats.values(q, "bold") for q in QUANTITIES}
+    finite = np.concatenate([f.to_numpy(dtype=float).ravel() for f in frames.values()])
+    finite = finite[np.isfinite(finite)]
+    b = stats.baseline
+    low = min(float(finite.min()) if finite.size else b, b) - 1e-9
+    high = max(float(finite.max()) if finite.size else b, b) + 1e-9
+    norm = TwoSlopeNorm(vcenter=b, vmin=low, vmax=high)
+    widths = [max(1, frames[q].shape[1]) for q in QUANTITIES]
+    figure = Figure(figsize=(1.6 + 0.62 * sum(widths) + 1.2, 3.8), dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 4, gridspec_kw={"width_ratios": widths + [0.35]})
+    mesh = None
+    for axis, quantity in zip(axes[:3], QUANTITIES):
+        frame = frames[quantity]
+        sns.heatmap(frame.astype(float), ax=axis, cmap="RdBu_r", norm=norm, annot=True, fmt=".3f",
+                    annot_kws={"fontsize": 7}, cbar=False, linewidths=0.5, linecolor="white")
+        bold = bolds[quantity].to_numpy() == True  # noqa: E712 - NaN (no cell) is not bold
+        for i, j in zip(*np.nonzero(bold)):
+            axis.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black", linewidth=2))
+        axis.set_title(QUANTITY_SYMBOLS[quantity], fontsize=10)
+        axis.set_xlabel("concept" if quantity != "p" or frame.shape[1] > 1 else "")
+        axis.set_ylabel("feature" if quantity == "r" else "")
+        axis.tick_params(labelsize=8)
+        axis.tick_params(axis="y", rotation=0)
+        mesh = axis.collections[0]
+    assert mesh is not None
+    colorbar = figure.colorbar(mesh, cax=axes[3])
+    colorbar.ax.axhline(b, color="black", linewidth=1.5)
+    colorbar.set_label(f"mean (baseline 1/J = {b:.3f})", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+    figure.suptitle(f"Means of run {stats.name} ({stats.task}); outlined: bold cells", fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def section_view(results: Sequence[GlobalStats], heatmaps: bool = True) -> dict[str, Any]:
+    """The data the template's ``global_section`` macro renders (plain dicts and strings)."""
+    figures = []
+    if heatmaps:
+        for stats in results:
+            data = base64.b64encode(heatmap_png(stats)).decode("ascii")
+            figures.append({
+                "src": f"data:image/png;base64,{data}",
+                "alt": f"heatmap of the mean r, p·r and p of run {stats.name}",
+                "caption": (f"Run {stats.name} ({stats.task}): means of r, p·r and p; red above, blue below the "
+                            f"baseline 1/J = {stats.baseline:.3f} (black line on the colour bar); outlined cells are bold."),
+            })
+    return {
+        "tables": [_table_view(spec) for spec in layout_tables(results)],
+        "heatmaps": figures,
+        "methods": [methods_paragraph(stats) for stats in results],
+        "warnings": [w for stats in results for w in stats.warnings],
+        "legend": LEGEND_PLAIN,
+        "runs": [{"name": s.name, "task": s.task, "n": s.n_samples, "baseline": f"{s.baseline:.3f}"} for s in results],
+    }
+
+
+def render_global_section(results: Sequence[GlobalStats], heatmaps: bool = True) -> str:
+    """The ``<section id="global">`` HTML fragment (tables, heatmaps, methods), for reuse in other pages."""
+    module = _environment().get_template(TEMPLATE).make_module({})
+    return str(module.global_section(section_view(results, heatmaps=heatmaps)))
+
+
+def render_global_page(results: Sequence[GlobalStats], heatmaps: bool = True) -> str:
+    """The whole self-contained ``global.html`` page."""
+    names = ", ".join(stats.name for stats in results)
+    page = {
+        "title": f"Global interpretation — {names}",
+        "runs": names,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+    }
+    return _environment().get_template(TEMPLATE).render(page=page, view=section_view(results, heatmaps=heatmaps))
+
+
+__all__ = [
+    "GlobalReport",
+    "heatmap_png",
+    "render_global_page",
+    "render_global_section",
+    "run_global",
+    "section_view",
+    "write_global_outputs",
+]

@@ -342,6 +342,7 @@ def _save(
             "stale": stale,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
         },
     }
     buffer = io.BytesIO()
@@ -369,6 +370,8 @@ def _restore(
         raise CheckpointError(f"--resume: {out} holds no training state to resume from")
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
+    if "torch_rng" in state:  # dropout draws continue as if training had never stopped
+        torch.set_rng_state(state["torch_rng"])
     model.to(device)
     train_info = checkpoint["train"]
     best = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -368,6 +369,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from interp.errors import InterpError
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(func, args)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Warnings of the library as one line on stderr (e.g. non-finite values replaced by 0)."""
+    from interp.errors import DataWarning
+
+    if issubclass(category, (DataWarning, UserWarning)):
+        print(f"interp: warning: {message}", file=sys.stderr)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; user-facing errors become one line and exit code 2."""
     from interp.errors import InterpError
 
     try:

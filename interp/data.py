@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import IO, Any, Mapping
 
 import numpy as np
 
-from interp.errors import DataError
+from interp.errors import DataError, DataWarning
 from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
 
 #: Split names in their canonical order.
@@ -220,6 +221,14 @@ def load_dataset(path: Path | str) -> Dataset:
     nonfinite: dict[str, int] = {}
     splits = {name: _load_split(name, value, nonfinite) for name, value in split_dicts.items()}
     nonfinite["total"] = int(sum(nonfinite.values()))
+    if nonfinite["total"]:
+        where = ", ".join(f"{key}: {count}" for key, count in nonfinite.items() if key != "total" and count)
+        warnings.warn(
+            f"{path.name}: replaced {nonfinite['total']} non-finite feature values (-inf/+inf/NaN) by 0 ({where}); "
+            f"the counts are recorded in the checkpoint and in the run's meta.json",
+            DataWarning,
+            stacklevel=2,
+        )
     _check_dims_agree(splits)
     _make_ids_unique(splits)
     info = read_planted(path, digest)

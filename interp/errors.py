@@ -20,3 +20,7 @@ class CheckpointError(InterpError):
 
 class RunError(InterpError):
     """A run directory that is missing, incomplete, or has the wrong schema."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was repaired (e.g. non-finite values set to 0); the CLI prints it on one line."""

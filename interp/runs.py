@@ -40,15 +40,73 @@ def latest_run(runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
 
 
 def resolve_run(run: Path | str | None, runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
-    """``run`` if given (checked to be a complete run), else the most recent run under ``runs_root``."""
+    """``run`` if given, else the most recent run under ``runs_root``; checked with :func:`check_run`."""
     if run is None:
-        return latest_run(runs_root)
-    path = Path(run)
-    if not path.is_dir():
-        raise RunError(f"run directory {path} does not exist; pass a folder written by `interp extract`")
-    if not is_run(path):
-        raise RunError(f"{path} is not a complete run (no {META_FILE}); extract it again with `interp extract`")
+        path = latest_run(runs_root)
+    else:
+        path = Path(run)
+        if not path.is_dir():
+            raise RunError(f"run directory {path} does not exist; pass a folder written by `interp extract`")
+        if not is_run(path):
+            raise RunError(f"{path} is not a complete run (no {META_FILE}); extract it again with `interp extract`")
+    check_run(path)
     return path
+
+
+_META_KEYS = ("task", "concepts", "features", "J", "n")
+
+
+def check_run(run: Path | str) -> dict[str, Any]:
+    """Check a run's meta.json and the schema of its tables (parquet footers only, cheap); returns the meta.
+
+    Raises :class:`RunError` naming the first missing table, missing column or column of the wrong type.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = Path(run)
+    meta = read_meta(run)
+    missing = [key for key in _META_KEYS if key not in meta]
+    if missing:
+        raise RunError(f"{run / META_FILE} lacks {', '.join(missing)}; extract the run again")
+    concepts, features = list(meta["concepts"]), list(meta["features"])
+    if len(concepts) != meta["J"] or not concepts or not features:
+        raise RunError(f"{run / META_FILE} is inconsistent (J = {meta['J']} but {len(concepts)} concepts); extract again")
+
+    def is_text(t: pa.DataType) -> bool:
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+    def is_number(t: pa.DataType) -> bool:
+        return pa.types.is_floating(t)
+
+    def is_flag(t: pa.DataType) -> bool:
+        return pa.types.is_boolean(t)
+
+    routing_expected = {"sample_id": is_text, "feature": is_text, "concept": is_text}
+    routing_expected.update({name: is_number for name in ("p", "r", "pr", "contribution")})
+    samples_expected: dict[str, Any] = {"sample_id": is_text, "split": is_text, "label": is_text, "pred": is_text}
+    samples_expected.update({f"p_{f}": is_number for f in features})
+    samples_expected.update({f"logit_{c}": is_number for c in concepts})
+    samples_expected.update({f"label_{c}": is_flag for c in concepts})
+    kinds = {is_text: "text", is_number: "floating point", is_flag: "boolean"}
+    for files, expected in ((samples_files(run), samples_expected), (routing_files(run), routing_expected)):
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, pa.ArrowException) as error:
+                raise RunError(f"{path} is not a readable parquet file ({str(error)[:100]}); extract the run again") from None
+            for column, check in expected.items():
+                index = schema.get_field_index(column)
+                if index < 0:
+                    raise RunError(f"{path} has no column {column!r}; extract the run again with `interp extract`")
+                if not check(schema.field(index).type):
+                    raise RunError(
+                        f"{path} column {column!r} is {schema.field(index).type}, expected {kinds[check]}; "
+                        f"extract the run again"
+                    )
+    return meta
 
 
 def read_meta(run: Path | str) -> dict[str, Any]:

@@ -400,17 +400,24 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
             raise
         print("interp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as error:
+    except PermissionError as error:
         if args.debug:
             raise
-        name = f" {error.filename}" if getattr(error, "filename", None) else ""
-        print(f"interp: error: cannot write or read{name}: {error.strerror or error}", file=sys.stderr)
+        print(f"interp: error: no permission to write or read {error.filename or error}; choose another --out "
+              f"or fix its permissions", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as error:
+        if args.debug:
+            raise
+        print(f"interp: error: cannot write {error.filename or error}: a file or folder of that name is in the way "
+              f"({error.strerror}); choose another --out", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
         if args.debug:
             raise
         if error.errno == 28:  # ENOSPC
-            print(f"interp: error: no space left on the device while writing; free some space and retry", file=sys.stderr)
+            print("interp: error: no space left on the device while writing (nothing half-written was kept); "
+                  "free some space and retry", file=sys.stderr)
             return EXIT_BAD_INPUT
         raise
 

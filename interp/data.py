@@ -174,6 +174,12 @@ def safe_load_pickle(path: Path | str) -> Any:
     except DataError:
         raise
     except MemoryError:
+        # a corrupt header can announce a frame of absurd size: tell that apart from a genuinely large file
+        if path.stat().st_size < (1 << 30):
+            raise DataError(
+                f"cannot read {path}: it is not a valid data pickle (it asks for more memory than its own size); "
+                "the file may be truncated or corrupt: re-download it or regenerate it (e.g. `interp data synth`)"
+            ) from None
         raise DataError(f"not enough memory to load {path}; free memory or use a smaller data file") from None
     except _UNPICKLE_ERRORS as error:
         detail = " ".join(str(error).split())[:200] or type(error).__name__

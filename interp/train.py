@@ -186,6 +186,9 @@ def train(
         raise InterpError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if not 0.0 <= concept_dropout < 1.0:
         raise InterpError(f"dropout must be in [0, 1), got {concept_dropout}")
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after the first epoch
+    if out.is_dir():
+        raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
     dataset = dataset if dataset is not None else load_dataset(data_path)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
     torch_device = resolve_device(device)

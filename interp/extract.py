@@ -8,8 +8,10 @@ into place at the end (see :mod:`interp.runwriter`).
 
 from __future__ import annotations
 
+import shutil
 import time
-from contextlib import nullcontext
+import uuid
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
 
+from interp import distributed
 from interp.data import Dataset, Split, get_split, load_dataset, seq_lens, targets
 from interp.errors import InterpError
 from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
-from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter
+from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter, check_target, finalize_run, make_temp_dir
 from interp.schema import FEATURES, ROUTING_FILE, SAMPLES_FILE
 from interp.train import LoadedModel, check_compatible, load_checkpoint, package_versions, resolve_data_path, resolve_device
 
@@ -70,11 +73,52 @@ class _SplitSamples(TorchDataset):
             index,
         )
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-        return [self[i] for i in indices]
+    def __getitems__(self, indices: list[int]) -> "_Batch":
+        """A whole batch at once by numpy fancy indexing (no per-sample Python work); :func:`_collate` passes it on."""
+        index = np.asarray(indices, dtype=np.int64)
+        if len(index) == 0:
+            return _Batch(*(torch.empty(0) for _ in range(3)), torch.empty(0, dtype=torch.int64))
+        parts = np.searchsorted(self.offsets, index, side="right") - 1
+        arrays = []
+        for name in ("text", "audio", "vision"):
+            if (parts == parts[0]).all():
+                split = self.parts[int(parts[0])]
+                values = np.asarray(getattr(split, name)[index - self.offsets[parts[0]]], dtype=np.float32)
+            else:  # a batch across two splits (split "all"): the same rows, gathered part by part
+                values = np.stack([np.asarray(getattr(self.parts[p], name)[i - self.offsets[p]], dtype=np.float32)
+                                   for p, i in zip(parts.tolist(), index.tolist())])
+            arrays.append(torch.from_numpy(np.ascontiguousarray(values)))
+        return _Batch(arrays[0], arrays[1], arrays[2], torch.from_numpy(index))
 
 
-def _collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, ...]:
+class _Batch(tuple):
+    """(text (B,T_t,d_t), audio, vision, index (B,) int64) of one batch, already stacked."""
+
+    def __new__(cls, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, index: torch.Tensor) -> "_Batch":
+        return super().__new__(cls, (text, audio, vision, index))
+
+
+@contextmanager
+def _compilable(active: bool) -> Iterator[None]:
+    """With ``torch.compile``, turn off PyTorch's fused TransformerEncoderLayer fast path while extracting.
+
+    Its fake kernel (``aten._transformer_encoder_layer_fwd``) gets the strides of the model's transposed embeddings
+    wrong and compilation fails; inductor fuses the layers itself, so nothing is lost. Restored afterwards.
+    """
+    if not active:
+        yield
+        return
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def _collate(items: "_Batch | list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]") -> tuple[torch.Tensor, ...]:
+    if isinstance(items, _Batch):
+        return tuple(items)
     text, audio, vision, index = zip(*items)
     return torch.stack(text), torch.stack(audio), torch.stack(vision), torch.tensor(index, dtype=torch.int64)
 
@@ -217,8 +261,51 @@ def extract(
 
     ``data`` and ``split`` default to what the checkpoint recorded (its data file; the test split).
     ``amp="bf16"`` autocasts the encoders on CUDA; p, r and contributions are always computed in fp32.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its own contiguous chunk of the samples into
+    ``routing-rank<k>.parquet`` / ``samples-rank<k>.parquet`` and rank 0 writes meta.json last
+    (see :func:`_extract_distributed`); the result is the same run directory, sharded.
     """
+    world = distributed.world_from_env()
+    if world is not None:
+        return _extract_distributed(
+            world, ckpt, data=data, split=split, out=out, batch_size=batch_size, device=device, force=force,
+            amp=amp, num_workers=num_workers, compile=compile, progress=progress, row_group_rows=row_group_rows,
+            runs_root=runs_root,
+        )
     torch_device = resolve_device(device)
+    loaded, dataset, source, out_dir = _prepare(ckpt, data, split, out, batch_size, torch_device, amp, runs_root)
+    model = torch.compile(loaded.model) if compile else loaded.model
+    writer = RunWriter(
+        out_dir,
+        task=loaded.task,
+        concepts=loaded.concepts,
+        with_score=loaded.task == "sentiment",
+        with_transcript=source.has_transcripts,
+        force=force,
+        row_group_rows=row_group_rows,
+    )
+    started = time.perf_counter()
+    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar, _compilable(compile):
+        for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
+            writer.write(batch)
+            bar.advance(batch.size)
+            bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
+        meta = run_meta(loaded, dataset, source, writer.n, amp, batch_size)
+        return writer.finish(meta, force=force)
+
+
+def _prepare(
+    ckpt: Path | str,
+    data: Path | str | None,
+    split: str | None,
+    out: Path | str | None,
+    batch_size: int,
+    torch_device: torch.device,
+    amp: str | None,
+    runs_root: Path | str,
+) -> tuple[LoadedModel, Dataset, ExtractionSource, Path]:
+    """Check the options, load the checkpoint and the data; returns (loaded, dataset, source, run directory)."""
     if amp not in (None, "bf16"):
         raise InterpError(f"unknown --amp {amp!r}; the only choice is bf16")
     if amp == "bf16" and torch_device.type != "cuda":
@@ -234,21 +321,119 @@ def extract(
     for part in source.parts:
         check_compatible(loaded, dataset, part)
     out_dir = Path(out) if out is not None else default_run_dir(ckpt, source.name, runs_root)
-    model = torch.compile(loaded.model) if compile else loaded.model
-    writer = RunWriter(
-        out_dir,
-        task=loaded.task,
-        concepts=loaded.concepts,
-        with_score=loaded.task == "sentiment",
-        with_transcript=source.has_transcripts,
-        force=force,
-        row_group_rows=row_group_rows,
-    )
-    started = time.perf_counter()
-    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar:
-        for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
-            writer.write(batch)
-            bar.advance(batch.size)
-            bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
-        meta = run_meta(loaded, dataset, source, writer.n, amp, batch_size)
-        return writer.finish(meta, force=force)
+    return loaded, dataset, source, out_dir
+
+
+def shard_names(world_size: int) -> tuple[list[str], list[str]]:
+    """File names of a distributed run's shards: (routing-rank<k>.parquet..., samples-rank<k>.parquet...)."""
+    routing = [f"{Path(ROUTING_FILE).stem}-rank{k}{Path(ROUTING_FILE).suffix}" for k in range(world_size)]
+    samples = [f"{Path(SAMPLES_FILE).stem}-rank{k}{Path(SAMPLES_FILE).suffix}" for k in range(world_size)]
+    return routing, samples
+
+
+def _extract_distributed(
+    world: distributed.World,
+    ckpt: Path | str,
+    *,
+    data: Path | str | None,
+    split: str | None,
+    out: Path | str | None,
+    batch_size: int,
+    device: str,
+    force: bool,
+    amp: str | None,
+    num_workers: int,
+    compile: bool,
+    progress: bool,
+    row_group_rows: int,
+    runs_root: Path | str,
+) -> Path:
+    """One rank of ``torchrun ... interp extract``: extract this rank's shard; rank 0 completes the run.
+
+    1. Every rank checks the options and loads the checkpoint and the data on its device (gloo on CPU; NCCL on
+       ``cuda:LOCAL_RANK``); all ranks agree that this worked before any file is written.
+    2. Rank 0 draws a token and broadcasts it, so all ranks use the same hidden temp folder beside the target.
+    3. Rank k extracts the samples of :class:`interp.distributed.ShardSampler` (a contiguous chunk; the chunks
+       partition the samples exactly, no padding) into ``samples-rank<k>.parquet`` and ``routing-rank<k>.parquet``.
+    4. The ranks gather their counts and errors; after a barrier rank 0 writes meta.json (``shards``, ``samples``,
+       ``world_size``, ``shard_sizes``) and renames the folder into place. If any rank failed, rank 0 removes the
+       temp folder and every rank raises: no run directory appears.
+    """
+    torch_device = distributed.resolve_rank_device(device, world)
+    with distributed.process_group(world, torch_device):
+        loaded = dataset = source = out_dir = None
+        error: BaseException | None = None
+        try:
+            loaded, dataset, source, out_dir = _prepare(ckpt, data, split, out, batch_size, torch_device, amp, runs_root)
+            check_target(out_dir, force)
+        except Exception as exc:  # every rank must reach the exchange below, or the others would wait forever
+            error = exc
+        distributed.raise_if_any_failed(error, "loading the checkpoint and the data")
+        assert loaded is not None and dataset is not None and source is not None and out_dir is not None
+
+        token = distributed.broadcast_object(uuid.uuid4().hex[:12] if world.is_main else None)
+        temp_dir = make_temp_dir(out_dir, token=f"dist-{token}")
+        sampler = distributed.ShardSampler(source.n, world.rank, world.size)
+        model = torch.compile(loaded.model) if compile else loaded.model
+        count = 0
+        try:
+            writer = RunWriter(
+                out_dir,
+                task=loaded.task,
+                concepts=loaded.concepts,
+                with_score=loaded.task == "sentiment",
+                with_transcript=source.has_transcripts,
+                force=force,
+                row_group_rows=row_group_rows,
+                temp_dir=temp_dir,
+                rank=world.rank,
+            )
+            started = time.perf_counter()
+            description = f"extract {source.name} (rank 0 of {world.size})"
+            bar_context = progress_bar(len(sampler), description, enabled=progress and world.is_main, unit="samples")
+            with writer, bar_context as bar, _compilable(compile):
+                batches = iterate_batches(
+                    loaded, source, torch_device, batch_size, num_workers, amp, model=model, sampler=sampler
+                )
+                for batch in batches:
+                    writer.write(batch)
+                    bar.advance(batch.size)
+                    bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s per rank")
+                writer.close_tables()
+                count = writer.n
+        except Exception as exc:
+            error = exc
+        except BaseException:  # Ctrl-C, SystemExit: no collective any more; rank 0 removes the temp folder
+            if world.is_main:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        try:
+            distributed.raise_if_any_failed(error, "extracting its shard")
+        except BaseException:
+            if world.is_main:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        counts = distributed.all_gather_objects(count)
+        distributed.barrier()  # every shard is closed before rank 0 completes the run
+
+        final_error: Exception | None = None
+        if world.is_main:
+            try:
+                routing_names, samples_names = shard_names(world.size)
+                meta = run_meta(
+                    loaded, dataset, source, int(sum(counts)), amp, batch_size, shards=routing_names, samples=samples_names
+                )
+                meta["world_size"] = world.size
+                meta["shard_sizes"] = [int(c) for c in counts]
+                if sum(counts) != source.n:
+                    raise InterpError(f"the shards hold {sum(counts)} samples but the split has {source.n}")
+                finalize_run(temp_dir, out_dir, meta, force=force)
+            except Exception as exc:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                final_error = exc
+        outcome = distributed.broadcast_object(None if final_error is None else str(final_error))
+        if final_error is not None:
+            raise final_error
+        if outcome is not None:
+            raise distributed.DistributedError(f"rank 0 failed while completing the run: {outcome}")
+        return out_dir

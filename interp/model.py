@@ -173,14 +173,21 @@ def route(f: Tensor, p: Tensor, W: Tensor, iterations: int) -> tuple[Tensor, Ten
     votes = torch.einsum("bif,ifjc->bijc", f, W)
     if iterations == 0:
         r = torch.full(votes.shape[:3], 1.0 / n_concepts, dtype=votes.dtype, device=votes.device)
-        return torch.einsum("bi,bij,bijc->bjc", p, r, votes), r, votes
+        return _weighted_sum(p, r, votes), r, votes
     scale = 1.0 / math.sqrt(W.shape[3])
     concepts = votes.sum(dim=1) / n_concepts
     for _ in range(iterations):
-        s = torch.einsum("bijc,bjc->bij", votes, concepts) * scale
+        # <u_ij, c_j> as a broadcast product and sum: the same batched operation as
+        # einsum("bijc,bjc->bij"), about 6x faster on CPU (einsum routes it through a slow bmm)
+        s = (votes * concepts.unsqueeze(1)).sum(-1) * scale
         r = torch.softmax(s, dim=-1)
-        concepts = torch.einsum("bi,bij,bijc->bjc", p, r, votes)
+        concepts = _weighted_sum(p, r, votes)
     return concepts, r, votes
+
+
+def _weighted_sum(p: Tensor, r: Tensor, votes: Tensor) -> Tensor:
+    """``c_j = sum_i p_i r_ij u_ij``: p ``(B, 7)``, r ``(B, 7, J)``, votes ``(B, 7, J, d_c)`` -> ``(B, J, d_c)``."""
+    return ((p.unsqueeze(-1) * r).unsqueeze(-1) * votes).sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,5 +408,5 @@ class RoutingModel(nn.Module):
             o = self.o.float()
             concepts, r, votes = route(f, p, W, self.config.iterations)
             logits = torch.einsum("bjc,jc->bj", self.concept_dropout(concepts), o)
-            contributions = p.unsqueeze(-1) * r * torch.einsum("bijc,jc->bij", votes, o)
+            contributions = p.unsqueeze(-1) * r * (votes * o).sum(-1)  # p_i r_ij <o_j, u_ij>
         return RoutingOutput(logits=logits, p=p, r=r, contributions=contributions)

@@ -1,0 +1,79 @@
+"""CUDA check (not a test): train, resume, evaluate and extract on a GPU, and compare with the CPU.
+
+    python bench/cuda_check.py [--out DIR]
+
+Prints a table: each step's wall time on CUDA, and the largest difference between the CUDA (fp32 and bf16
+autocast) and CPU extractions of the same checkpoint, plus the contribution identity on the CUDA run.
+Needs a CUDA device; exits 0 with a message when there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temp folder)")
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device here: nothing to check")
+        return 0
+
+    from interp.evaluate import evaluate
+    from interp.extract import extract
+    from interp.synth import write_synthetic
+    from interp.train import train
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="interp-cuda-"))
+    rows: list[tuple[str, str]] = [("device", torch.cuda.get_device_name(0)), ("torch", torch.__version__)]
+
+    def timed(label: str, fn):  # type: ignore[no-untyped-def]
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = fn()
+        torch.cuda.synchronize()
+        rows.append((f"{label} (s)", f"{time.perf_counter() - start:.2f}"))
+        return value
+
+    data = write_synthetic(work / "synth.pkl", n_train=2000, n_valid=400, n_test=600, seed=0).data_path
+    ckpt = work / "model.pt"
+    result = timed(f"train {args.epochs - 1} epochs on cuda", lambda: train(
+        data, ckpt, epochs=args.epochs - 1, lr=1e-3, device="cuda", progress=False))
+    result = timed("resume 1 more epoch on cuda", lambda: train(
+        data, ckpt, epochs=args.epochs, lr=1e-3, device="cuda", resume=True, progress=False))
+    rows.append(("epochs run after resume", str(result.epochs_run)))
+    metrics = timed("eval on cuda", lambda: evaluate(ckpt, device="cuda").metrics)
+    rows.append(("test acc7 / acc2", f"{metrics['acc7']:.3f} / {metrics['acc2']:.3f}"))
+    runs = {}
+    for name, device, amp in (("cuda-fp32", "cuda", None), ("cuda-bf16", "cuda", "bf16"), ("cpu", "cpu", None)):
+        runs[name] = timed(f"extract test on {name}", lambda: extract(
+            ckpt, out=work / "runs" / name, device=device, amp=amp, force=True, progress=False))
+    tables = {name: pd.read_parquet(run / "routing.parquet") for name, run in runs.items()}
+    samples = {name: pd.read_parquet(run / "samples.parquet") for name, run in runs.items()}
+    for name in ("cuda-fp32", "cuda-bf16"):
+        for column in ("p", "r", "contribution"):
+            diff = np.abs(tables[name][column].to_numpy() - tables["cpu"][column].to_numpy()).max()
+            rows.append((f"max |{name} - cpu| of {column}", f"{diff:.2e}"))
+    routing = tables["cuda-fp32"]
+    summed = routing.groupby(["sample_id", "concept"], observed=True, sort=False)["contribution"].sum().unstack()
+    stored = samples["cuda-fp32"].set_index("sample_id")[[f"logit_{c}" for c in summed.columns]]
+    identity = np.abs(summed.reindex(stored.index).to_numpy() - stored.to_numpy()).max()
+    rows.append(("cuda fp32: max |sum of contributions - logit|", f"{identity:.2e}"))
+    r_sum = np.abs(routing.groupby(["sample_id", "feature"], observed=True)["r"].sum().to_numpy() - 1).max()
+    rows.append(("cuda fp32: max |sum_j r_ij - 1|", f"{r_sum:.2e}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

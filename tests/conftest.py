@@ -10,6 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 MOSI = REPO.parent / "shared" / "data" / "cmu-mosi-utterance" / "mosi_utterance.pkl"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    """One torch thread: the models are tiny, and on a shared 2-core machine more threads only contend."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def mosi_path() -> Path:
     """The real CMU-MOSI utterance data (skips when ../shared/data is absent)."""

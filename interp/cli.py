@@ -369,8 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from interp.errors import InterpError
-
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _run(func, args)

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from interp import __version__
+from interp.html import template_environment
 from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_run
 from interp.stats import QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
 from interp.tables import (
@@ -163,15 +164,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _environment() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("interp.templates", ""),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.ChainableUndefined,
-    )
+    return template_environment(strict=False)
 
 
 def _number(value: Any) -> str:

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from interp.html import template_environment
 from interp.errors import InterpError, RunError
 from interp.runs import (
     DEFAULT_REPORTS_ROOT,
@@ -57,21 +58,10 @@ from interp.runs import (
     run_name,
     samples_files,
 )
-from interp.schema import FEATURES, logit_column, p_column, prob_column
+from interp.schema import FEATURE_NAMES, FEATURES, logit_column, p_column, prob_column
 
 #: Values of ``--by`` (the routing column ranked by ``--top``).
 RANK_BY: tuple[str, ...] = ("pr", "contribution")
-
-#: Long names of the features, shown next to the short ones.
-FEATURE_NAMES: dict[str, str] = {
-    "t": "text",
-    "a": "audio",
-    "v": "vision",
-    "ta": "text+audio",
-    "av": "audio+vision",
-    "vt": "vision+text",
-    "tav": "text+audio+vision",
-}
 
 #: One-sentence reading guide shown with every figure.
 READING_GUIDE = (
@@ -602,9 +592,7 @@ def _template_text(name: str) -> str | None:
 
 
 def _environment() -> Any:
-    import jinja2
-
-    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return template_environment(strict=True)
 
 
 def _context(explanation: SampleExplanation, image_src: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import numpy as np
 
-from interp.runwriter import probabilities
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -60,7 +59,9 @@ def sentiment_metrics(logits: np.ndarray, scores: np.ndarray) -> dict[str, float
     Acc2 and F1 compare ``expected score > 0`` with ``y > 0`` on the samples with ``y != 0``.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    probs = probabilities("sentiment", np.asarray(logits))
+    logits64 = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits64 - logits64.max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)  # softmax in float64: metrics need no float32 rounding
     predicted_class = np.asarray(logits).argmax(axis=1)
     expected = expected_score(probs)
     non_zero = scores != 0

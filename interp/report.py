@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interp import __version__
+from interp.html import template_environment
 from interp.errors import InterpError, RunError
 from interp.metrics import HEADLINE, task_metrics
 from interp.runs import (
@@ -51,7 +52,7 @@ from interp.runs import (
     run_name,
     samples_files,
 )
-from interp.schema import FEATURES, SINGLE_LABEL_TASKS, VARIANTS, label_column, logit_column
+from interp.schema import FEATURE_NAMES, FEATURES, SINGLE_LABEL_TASKS, VARIANTS, label_column, logit_column
 
 TEMPLATE = "report.html"
 INDEX_FILE = "index.html"
@@ -60,17 +61,6 @@ DEFAULT_GALLERY_RANDOM = 3
 
 #: The paper's learning rates (mirrors :data:`interp.train.DEFAULT_LR`, kept here so that reports need no torch).
 PAPER_LR: dict[str, float] = {"sentiment": 1e-4, "emotion": 1e-5, "iemocap": 1e-4}
-
-#: Long names of the features.
-FEATURE_NAMES: dict[str, str] = {
-    "t": "text",
-    "a": "audio",
-    "v": "vision",
-    "ta": "text+audio",
-    "av": "audio+vision",
-    "vt": "vision+text",
-    "tav": "text+audio+vision",
-}
 
 #: The modalities each feature combines (a feature is "related" to another when one's set contains the other's).
 FEATURE_MODALITIES: dict[str, frozenset[str]] = {
@@ -694,15 +684,7 @@ def _links(out_dir: Path) -> list[dict[str, str]]:
 
 
 def _environment() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("interp.templates", ""),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    return template_environment(strict=True)
 
 
 def _glance(section: RunSection) -> dict[str, Any]:

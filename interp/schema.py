@@ -8,6 +8,17 @@ from __future__ import annotations
 #: The seven routed features, in the paper's fixed order (unimodal, bimodal, trimodal).
 FEATURES: tuple[str, ...] = ("t", "a", "v", "ta", "av", "vt", "tav")
 
+#: Long names of the features, shown next to the short ones.
+FEATURE_NAMES: dict[str, str] = {
+    "t": "text",
+    "a": "audio",
+    "v": "vision",
+    "ta": "text+audio",
+    "av": "audio+vision",
+    "vt": "vision+text",
+    "tav": "text+audio+vision",
+}
+
 #: The three input modalities, in the order the model takes them.
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr
 
+from interp.runs import atomic_write_bytes
 from interp.data import PLANTED_SUFFIX, SPLITS
 from interp.errors import InterpError
 from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS, concept_names
@@ -251,8 +250,8 @@ def write_synthetic(
     digest = hashlib.sha256(payload).hexdigest()
     info = _planted_info(task, mapping, seed, noise, seq_len, dims, data, digest)
     planted_file = planted_path_for(out)
-    _atomic_write(out, payload)
-    _atomic_write(planted_file, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out, payload)
+    atomic_write_bytes(planted_file, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return SynthResult(data_path=out, planted_path=planted_file, planted=mapping, sha256=digest)
 
 
@@ -296,19 +295,3 @@ def _task_rule(task: str) -> str:
     if task == "emotion":
         return "An emotion is present (score > 0) when its evidence is positive; score = 3 * max(evidence, 0)."
     return "An emotion is present (one-hot index 1) when its evidence is positive."
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write bytes to ``path`` via a temp file in the same folder and os.replace (creates parent folders)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp makes 0600; data files are meant to be shared
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -151,9 +151,27 @@ def ensure_run(root: Path, n: int, args: argparse.Namespace) -> tuple[Path, floa
     meta_path = run / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("n") == n and meta.get("synthetic", {}).get("seed") == args.seed:
+        if meta.get("n") == n and meta.get("synthetic", {}).get("seed") == args.seed and _current_format(run):
             return run, None
     return run, write_run(run, n, chunk=args.chunk, seed=args.seed, row_group_rows=args.row_group_rows)
+
+
+def _current_format(run: Path) -> bool:
+    """Whether a kept run's routing file was written by the current RunWriter (its layout metadata and the
+    compression of r), so that a --workdir run from an older writer is written again rather than timed."""
+    import pyarrow.parquet as pq
+
+    from interp.runwriter import LAYOUT_KEY, ROUTING_COMPRESSION, SAMPLE_MAJOR
+
+    try:
+        footer = pq.ParquetFile(run / "routing.parquet").metadata
+    except (OSError, ValueError):
+        return False
+    if (footer.metadata or {}).get(LAYOUT_KEY) != SAMPLE_MAJOR or footer.num_row_groups == 0:
+        return False
+    group = footer.row_group(0)
+    codecs = {group.column(k).path_in_schema: group.column(k).compression for k in range(group.num_columns)}
+    return codecs.get("r", "").lower().startswith(ROUTING_COMPRESSION["r"])
 
 
 # -------------------------------------------------------------------------------------- prototype (optional)

@@ -7,10 +7,28 @@ with the uniform baseline 1/J (DESIGN.md, "Statistics").
 Streaming
     The run's parquet files are read column-wise with :meth:`pyarrow.parquet.ParquetFile.iter_batches`, one row
     group at a time, batch by batch (shards alike). Each batch is reduced to per-cell moments (count, mean,
-    M2 = sum of squared deviations from the batch mean, by :func:`numpy.bincount`) and merged with Chan et al.'s
-    pairwise update, so memory stays flat in n and the numbers are the same (to rounding, ~1e-15) whether a run is one file
-    or many shards with any row-group size. Only ``interval="bootstrap"`` loads the values of each cell (it needs
+    M2 = sum of squared deviations from the batch mean, in float64) and merged with Chan et al.'s pairwise update,
+    so memory stays flat in n and the numbers are the same (to rounding, ~1e-15) whether a run is one file or
+    many shards with any row-group size. Only ``interval="bootstrap"`` loads the values of each cell (it needs
     them to resample); it is therefore not streaming.
+
+    Two readers of a routing file give the same numbers (to ~1e-15; tests check 1e-12):
+
+    * by position (fast), when the file's key-value metadata declares the sample-major layout that
+      :class:`interp.runwriter.RunWriter` writes (rows in sample order, then feature, then concept order, 7·J
+      rows per sample; ``interp.layout``, ``interp.features``, ``interp.concepts``) with the features and
+      concepts of meta.json in the same order. Only r and p·r are decoded (plus sample_id with a group or a
+      split); each batch is a (samples, 7·J) matrix whose column k is cell k, reduced column-wise. Before
+      trusting the metadata the reader checks (:func:`_is_sample_major`) that the row count is a multiple of 7·J
+      and that the feature and concept names follow the layout on every row of the first and last row groups
+      and on the first :data:`LAYOUT_CHECK_SAMPLES` samples of every other row group; the other rows are not
+      checked (a file edited in the middle of a row group while keeping stale metadata would be misread).
+    * by codes (general), for files without that metadata (older runs, rewritten or reordered tables) or that
+      fail the check: the feature and concept dictionary codes of every row, :func:`numpy.bincount` by cell.
+
+    With a group or a split, samples and routing rows are read in lockstep and each sample's routing rows are
+    checked to start and end with its sample_id (either reader); routing rows in another sample order fall back
+    to a join on sample_id (memory O(n)).
 
 Intervals (``level`` = 1 - α)
     clt (default, the paper): ``mean ± z_{1-α/2} · s / sqrt(n)`` with ``z = scipy.stats.norm.ppf(1 - α/2)``;
@@ -47,6 +65,7 @@ Groups (``group``)
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +81,7 @@ from statsmodels.stats.multitest import multipletests
 
 from interp.errors import InterpError, RunError
 from interp.runs import read_meta, routing_files, run_name, samples_files
+from interp.runwriter import CONCEPTS_KEY, FEATURES_KEY, LAYOUT_KEY, SAMPLE_MAJOR
 from interp.schema import FEATURES, label_column, p_column
 
 #: The quantities, in table order: routing coefficient r_ij, activation times routing p_i·r_ij, activation p_i.
@@ -180,6 +200,31 @@ class Moments:
         deviation = values - mean[codes]
         m2 = np.bincount(codes, weights=deviation * deviation, minlength=size)
         return cls(count, mean, m2)
+
+    @classmethod
+    def of_columns(cls, values: np.ndarray, mask: np.ndarray | None = None) -> "Moments":
+        """Moments of each column of ``values`` (m, k): cell k is column k; where ``mask`` (m, k) bool is given,
+        only its True entries count. Two-pass within the matrix, in float64 (float32 values are converted)."""
+        x = np.array(values, dtype=np.float64)
+        if mask is not None:
+            np.copyto(x, 0.0, where=~mask)  # left-out entries may be NaN
+        return cls._of_owned_columns(x, mask)
+
+    @classmethod
+    def _of_owned_columns(cls, x: np.ndarray, mask: np.ndarray | None, total: np.ndarray | None = None) -> "Moments":
+        """:meth:`of_columns` of a float64 matrix that may be overwritten and is 0 wherever ``mask`` is False;
+        ``total``: its column sums, if already known."""
+        size = x.shape[1]
+        if mask is None:
+            count = np.full(size, x.shape[0], dtype=np.int64)
+        else:
+            count = np.count_nonzero(mask, axis=0).astype(np.int64)
+        total = x.sum(axis=0) if total is None else total
+        mean = np.divide(total, count, out=np.zeros(size), where=count > 0)
+        x -= mean
+        if mask is not None:
+            x *= mask
+        return cls(count, mean, np.einsum("ij,ij->j", x, x))
 
     def merge(self, other: "Moments") -> "Moments":
         """The moments of both sets of values together (Chan et al.)."""
@@ -464,6 +509,48 @@ class _Accumulator:
         if self.kept is not None:
             self.kept[quantity].append((np.asarray(codes, dtype=np.intp), values))
 
+    def add_matrix(self, quantity: str, values: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add a (m, k) matrix whose column k holds values of cell k (``mask``: which entries count); non-finite
+        values are left out and counted, as in :meth:`add`."""
+        if values.size:
+            moments = self._matrix_moments(quantity, values, mask, np.arange(values.shape[1]))
+            self.moments[quantity] = self.moments[quantity].merge(moments)
+
+    def add_blocks(self, quantity: str, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Add (values (m_b, k_b), cells (k_b,)) blocks over disjoint cells: column c of a block holds values of
+        cell ``cells[c]``. One merge for all of them."""
+        size = self.sizes[quantity]
+        count, mean, m2 = np.zeros(size, dtype=np.int64), np.zeros(size), np.zeros(size)
+        for values, cells in blocks:
+            if values.size:
+                part = self._matrix_moments(quantity, values, None, cells)
+                count[cells], mean[cells], m2[cells] = part.count, part.mean, part.m2
+        if count.any():
+            self.moments[quantity] = self.moments[quantity].merge(Moments(count, mean, m2))
+
+    def _matrix_moments(self, quantity: str, values: np.ndarray, mask: np.ndarray | None, cells: np.ndarray) -> Moments:
+        """Moments of the columns of ``values`` (cells ``cells``), leaving out and counting non-finite values,
+        and keeping the values for the bootstrap."""
+        x = np.array(values, dtype=np.float64)  # a float64 copy, reduced in place
+        if mask is not None and mask.all():
+            mask = None
+        total: np.ndarray | None = x.sum(axis=0)
+        # NaN and ±inf propagate into a column sum (float32 values cannot overflow a float64 sum), so the sums
+        # tell whether the matrix needs a finiteness mask.
+        if not np.isfinite(total).all():  # type: ignore[arg-type]
+            finite = np.isfinite(x)
+            self.nonfinite += int(np.count_nonzero(~finite if mask is None else mask & ~finite))
+            np.copyto(x, 0.0, where=~finite)
+            mask = finite if mask is None else mask & finite
+        if mask is not None:
+            x *= mask  # x is finite here, so this zeroes exactly the left-out entries
+            total = None
+        if self.kept is not None:
+            codes = np.broadcast_to(np.asarray(cells, dtype=np.intp), x.shape)
+            kept = (codes.reshape(-1), x.reshape(-1).copy()) if mask is None else (codes[mask], x[mask])
+            self.kept[quantity].append(kept)
+        return Moments._of_owned_columns(x, mask, total)
+
     def cell_values(self, quantity: str) -> list[np.ndarray]:
         """The values of each cell (bootstrap only)."""
         size = self.sizes[quantity]
@@ -517,7 +604,7 @@ def _iter_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of some columns, one row group at a time (pyarrow's whole-file reader keeps more memory
     the longer the file; row group by row group, memory stays flat in the number of rows)."""
-    parquet = pq.ParquetFile(path, read_dictionary=list(read_dictionary) if read_dictionary else None)
+    parquet = pq.ParquetFile(path, read_dictionary=list(read_dictionary) if read_dictionary else None, pre_buffer=False)
     for group in range(parquet.num_row_groups):
         yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=list(columns))
 
@@ -536,8 +623,8 @@ def _split_counts(files: Sequence[Path]) -> dict[str, int]:
     return dict(counts)
 
 
-def _sample_columns(layout: _Layout, group: str, split: str | None) -> list[str]:
-    columns = ["sample_id"]
+def _sample_columns(layout: _Layout, group: str, split: str | None, ids: bool = True) -> list[str]:
+    columns = ["sample_id"] if ids else []
     if split is not None:
         columns.append("split")
     if group != "all":
@@ -580,25 +667,27 @@ def _sample_batch(batch: pa.RecordBatch, layout: _Layout, group: str, split: str
             ]
         ).reshape(size, len(layout.concepts))
     p = np.column_stack([_floats(batch.column(p_column(f))) for f in layout.features]).reshape(size, len(layout.features))
-    return _SampleBatch(batch.column("sample_id"), include, member, p)
+    ids = batch.column("sample_id") if "sample_id" in batch.schema.names else pa.array([], pa.string())
+    return _SampleBatch(ids, include, member, p)
 
 
 def _add_samples(acc: _Accumulator, sample: _SampleBatch, layout: _Layout) -> None:
     """p of the included samples; with a group, per (feature, concept) over the concept's members."""
-    n_features, n_concepts = len(layout.features), len(layout.concepts)
     include = sample.include
     acc.n_samples += int(include.sum())
     if sample.member is None:
         acc.column_n += int(include.sum())
-        rows = sample.p[include]
-        codes = np.broadcast_to(np.arange(n_features), rows.shape)
-        acc.add("p", codes.reshape(-1), rows.reshape(-1))
+        acc.add_matrix("p", sample.p if include.all() else sample.p[include])
         return
     member = sample.member & include[:, None]
     acc.column_n += member.sum(axis=0)
-    sample_index, concept_index = np.nonzero(member)
-    codes = np.arange(n_features)[None, :] * n_concepts + concept_index[:, None]
-    acc.add("p", codes.reshape(-1), sample.p[sample_index].reshape(-1))
+    acc.add_blocks("p", ((sample.p[member[:, j]], _concept_cells(layout, j)) for j in range(len(layout.concepts))))
+
+
+def _concept_cells(layout: _Layout, concept: int) -> np.ndarray:
+    """The cells (feature i, concept j) = i·J + j of one concept j, in feature order."""
+    n_concepts = len(layout.concepts)
+    return np.arange(len(layout.features)) * n_concepts + concept
 
 
 def _routing_codes(batch: pa.RecordBatch, layout: _Layout, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -700,11 +789,17 @@ def _add_routing(acc: _Accumulator, cell: np.ndarray, concept: np.ndarray, r: np
 
 def _accumulate_all(acc: _Accumulator, layout: _Layout, s_files: Sequence[Path], r_files: Sequence[Path], batch_samples: int) -> None:
     """Group "all", no split: p from the samples tables, r and pr from the routing tables, independently."""
+    columns = _sample_columns(layout, "all", None, ids=False)
     for path in s_files:
-        _check_columns(path, _sample_columns(layout, "all", None))
-        for batch in _iter_batches(path, _sample_columns(layout, "all", None), batch_samples):
+        _check_columns(path, columns)
+        for batch in _iter_batches(path, columns, batch_samples):
             _add_samples(acc, _sample_batch(batch, layout, "all", None), layout)
     for path in r_files:
+        if _is_sample_major(path, layout):
+            for piece in _SampleRows(path, layout, batch_samples * layout.per_sample, with_ids=False).pieces():
+                acc.add_matrix("r", piece.r)
+                acc.add_matrix("pr", piece.pr)
+            continue
         for batch in _iter_batches(path, ["feature", "concept", "r", "pr"], batch_samples * layout.per_sample):
             if batch.num_rows:
                 cell, concept = _routing_codes(batch, layout, path)
@@ -716,6 +811,16 @@ def _row_filter(sample: _SampleBatch, sample_of_row: np.ndarray, concept: np.nda
     if sample.member is not None:
         keep &= sample.member[sample_of_row, concept]
     return keep
+
+
+def _check_sample_ids(sample: _SampleBatch, row_ids: pa.Array, per_sample: int) -> None:
+    """The routing rows of each sample start and end with its sample_id, else :class:`_Misaligned`."""
+    size = len(sample.include)
+    ids = _as_strings(sample.ids)
+    firsts = _as_strings(row_ids.take(pa.array(np.arange(0, size * per_sample, per_sample))))
+    lasts = _as_strings(row_ids.take(pa.array(np.arange(per_sample - 1, size * per_sample, per_sample))))
+    if not (firsts.equals(ids) and lasts.equals(ids)):
+        raise _Misaligned
 
 
 def _accumulate_aligned(
@@ -732,6 +837,9 @@ def _accumulate_aligned(
         samples = pq.ParquetFile(s_path)
         if pq.ParquetFile(r_path).metadata.num_rows != samples.metadata.num_rows * per_sample:
             raise _Misaligned
+        if _is_sample_major(r_path, layout):
+            _aligned_by_position(acc, layout, group, split, s_path, r_path, columns, batch_samples)
+            continue
         queue = _RoutingQueue(r_path, layout, batch_samples * per_sample)
         for batch in _iter_batches(s_path, columns, batch_samples):
             size = batch.num_rows
@@ -739,16 +847,223 @@ def _accumulate_aligned(
                 continue
             sample = _sample_batch(batch, layout, group, split)
             chunk = queue.take(size * per_sample)
-            ids = _as_strings(sample.ids)
-            firsts = _as_strings(chunk.ids.take(pa.array(np.arange(0, size * per_sample, per_sample))))
-            lasts = _as_strings(chunk.ids.take(pa.array(np.arange(per_sample - 1, size * per_sample, per_sample))))
-            if not (firsts.equals(ids) and lasts.equals(ids)):
-                raise _Misaligned
+            _check_sample_ids(sample, chunk.ids, per_sample)
             _add_samples(acc, sample, layout)
             sample_of_row = np.repeat(np.arange(size), per_sample)
             _add_routing(acc, chunk.cell, chunk.concept, chunk.r, chunk.pr, _row_filter(sample, sample_of_row, chunk.concept))
         if not queue.exhausted():
             raise _Misaligned
+
+
+def _aligned_by_position(
+    acc: _Accumulator, layout: _Layout, group: str, split: str | None,
+    s_path: Path, r_path: Path, columns: list[str], batch_samples: int,
+) -> None:
+    """:func:`_accumulate_aligned` for one pair whose routing file is sample-major: (samples, 7·J) matrices of r
+    and p·r, restricted to the samples of the split and, per concept column, to the concept's members."""
+    per_sample = layout.per_sample
+    n_concepts = len(layout.concepts)
+    rows = _SampleRows(r_path, layout, batch_samples * per_sample, with_ids=True)
+    for batch in _iter_batches(s_path, columns, batch_samples):
+        size = batch.num_rows
+        if not size:
+            continue
+        sample = _sample_batch(batch, layout, group, split)
+        piece = rows.take(size)
+        assert piece.ids is not None
+        _check_sample_ids(sample, piece.ids, per_sample)
+        _add_samples(acc, sample, layout)
+        include = sample.include
+        if sample.member is None:
+            every = include.all()
+            acc.add_matrix("r", piece.r if every else piece.r[include])
+            acc.add_matrix("pr", piece.pr if every else piece.pr[include])
+        else:
+            # Concept j's column: the rows of its members, its cells i·J + j (a strided column slice).
+            member = sample.member & include[:, None]
+            for quantity, values in (("r", piece.r), ("pr", piece.pr)):
+                acc.add_blocks(quantity, ((values[member[:, j]][:, j::n_concepts], _concept_cells(layout, j))
+                                          for j in range(n_concepts)))
+    if not rows.exhausted():
+        raise _Misaligned
+
+
+# ------------------------------------------------------------------------------------ sample-major routing files
+
+#: Samples at the start of every row group whose feature and concept names :func:`_is_sample_major` checks.
+LAYOUT_CHECK_SAMPLES = 16
+
+
+def _declares_sample_major(path: Path | str, layout: _Layout, parquet: pq.ParquetFile | None = None) -> bool:
+    """Whether a routing file's key-value metadata declares the sample-major layout with the run's feature and
+    concept names, in the run's order (meta.json). Reads the footer only."""
+    metadata = (parquet or pq.ParquetFile(path)).metadata.metadata or {}
+    if metadata.get(LAYOUT_KEY) != SAMPLE_MAJOR:
+        return False
+    try:
+        features = tuple(str(f) for f in json.loads(metadata[FEATURES_KEY]))
+        concepts = tuple(str(c) for c in json.loads(metadata[CONCEPTS_KEY]))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return features == layout.features and concepts == layout.concepts
+
+
+def _is_sample_major(path: Path | str, layout: _Layout) -> bool:
+    """Whether r and p·r of a routing file may be read by position (row k is cell k mod 7·J).
+
+    True when the file declares the layout (:func:`_declares_sample_major`), its row count is a multiple of
+    7·J, and the feature and concept names follow the layout on every row of the first and the last row group
+    and on the first :data:`LAYOUT_CHECK_SAMPLES` samples' rows of every other row group. The other rows are
+    not checked: a file edited in place after writing, keeping the metadata of a layout it no longer has in
+    the middle of a row group, would be misread. Files rewritten with another row order keep the metadata only
+    when written from a table that carried it; a reorder that moves whole samples keeps the layout (group "all"
+    is then right, and the sample_id check of the group and split paths catches the new sample order).
+    """
+    path = Path(path)
+    parquet = pq.ParquetFile(path)
+    if not _declares_sample_major(path, layout, parquet):
+        return False
+    footer = parquet.metadata
+    per_sample = layout.per_sample
+    if footer.num_rows % per_sample:
+        return False
+    last = footer.num_row_groups - 1
+    start = 0
+    for group in range(footer.num_row_groups):
+        rows = footer.row_group(group).num_rows
+        if rows:
+            columns = ["feature", "concept"]
+            if group in (0, last):
+                names: pa.Table | pa.RecordBatch = parquet.read_row_group(group, columns=columns)
+            else:
+                head = min(rows, LAYOUT_CHECK_SAMPLES * per_sample)
+                names = next(parquet.iter_batches(batch_size=head, row_groups=[group], columns=columns))
+            if not _follows_layout(names, start, layout, path):
+                return False
+        start += rows
+    return True
+
+
+def _follows_layout(names: pa.Table | pa.RecordBatch, start: int, layout: _Layout, path: Path) -> bool:
+    """Whether rows ``start``, ``start + 1``, ... of a file have the feature and concept of the layout."""
+    try:
+        feature = _lookup(names.column("feature"), layout.features, "feature", path)
+        concept = _lookup(names.column("concept"), layout.concepts, "concept", path)
+    except RunError:
+        return False  # unknown or missing names: the general path reads the file and reports them
+    cells = np.roll(np.arange(layout.per_sample), -(start % layout.per_sample))  # the cells of rows start, ...
+    n_concepts = len(layout.concepts)
+    return bool(
+        np.array_equal(feature, np.resize(cells // n_concepts, len(feature)))
+        and np.array_equal(concept, np.resize(cells % n_concepts, len(concept)))
+    )
+
+
+@dataclass
+class _SamplePiece:
+    """r and p·r of some whole samples, (samples, 7·J) each, and the sample_id of each row (or None)."""
+
+    r: np.ndarray
+    pr: np.ndarray
+    ids: pa.Array | None
+
+    @property
+    def size(self) -> int:
+        return len(self.r)
+
+    def slice(self, start: int, stop: int) -> "_SamplePiece":
+        per_sample = self.r.shape[1]
+        ids = None if self.ids is None else self.ids.slice(start * per_sample, (stop - start) * per_sample)
+        return _SamplePiece(self.r[start:stop], self.pr[start:stop], ids)
+
+    @staticmethod
+    def concat(parts: list["_SamplePiece"]) -> "_SamplePiece":
+        if len(parts) == 1:
+            return parts[0]
+        ids = None if parts[0].ids is None else pa.concat_arrays([_as_strings(p.ids) for p in parts])  # type: ignore[arg-type]
+        return _SamplePiece(np.concatenate([p.r for p in parts]), np.concatenate([p.pr for p in parts]), ids)
+
+
+class _SampleRows:
+    """r and p·r of a sample-major routing file, by whole samples, without its feature and concept columns.
+
+    Batches of ``batch_rows`` rows are read row group by row group; a batch that ends inside a sample (row groups
+    not cut at sample boundaries) is stitched to the next one, so pieces always hold whole samples.
+    """
+
+    def __init__(self, path: Path, layout: _Layout, batch_rows: int, with_ids: bool) -> None:
+        self.path = path
+        self.per_sample = layout.per_sample
+        self.with_ids = with_ids
+        columns = ["sample_id", "r", "pr"] if with_ids else ["r", "pr"]
+        self._batches = _iter_batches(path, columns, batch_rows, ["sample_id"] if with_ids else None)
+        self._carry: tuple[np.ndarray, np.ndarray, pa.Array | None] | None = None
+        self._pending: list[_SamplePiece] = []
+        self._available = 0
+
+    def _next(self) -> _SamplePiece | None:
+        per_sample = self.per_sample
+        while True:
+            batch = next(self._batches, None)
+            if batch is None:
+                if self._carry is not None:
+                    raise RunError(f"{self.path} ends inside a sample ({len(self._carry[0])} rows left); extract again")
+                return None
+            r = batch.column("r").to_numpy(zero_copy_only=False)
+            pr = batch.column("pr").to_numpy(zero_copy_only=False)
+            ids = batch.column("sample_id") if self.with_ids else None
+            if self._carry is not None:
+                carry_r, carry_pr, carry_ids = self._carry
+                r, pr = np.concatenate([carry_r, r]), np.concatenate([carry_pr, pr])
+                if ids is not None and carry_ids is not None:
+                    ids = pa.concat_arrays([_as_strings(carry_ids), _as_strings(ids)])
+                self._carry = None
+            whole = len(r) - len(r) % per_sample
+            if whole < len(r):
+                self._carry = (r[whole:], pr[whole:], None if ids is None else ids.slice(whole))
+            if whole:
+                return _SamplePiece(
+                    r[:whole].reshape(-1, per_sample), pr[:whole].reshape(-1, per_sample),
+                    None if ids is None else ids.slice(0, whole),
+                )
+
+    def pieces(self) -> Iterator[_SamplePiece]:
+        """The pieces in file order."""
+        while (piece := self._next()) is not None:
+            yield piece
+
+    def take(self, samples: int) -> _SamplePiece:
+        """The next ``samples`` samples (:class:`_Misaligned` if the file has fewer)."""
+        while self._available < samples:
+            piece = self._next()
+            if piece is None:
+                raise _Misaligned
+            self._pending.append(piece)
+            self._available += piece.size
+        parts: list[_SamplePiece] = []
+        need = samples
+        while need:
+            head = self._pending[0]
+            if head.size <= need:
+                parts.append(self._pending.pop(0))
+                need -= head.size
+            else:
+                parts.append(head.slice(0, need))
+                self._pending[0] = head.slice(need, head.size)
+                need = 0
+        self._available -= samples
+        return _SamplePiece.concat(parts)
+
+    def exhausted(self) -> bool:
+        """True when every row has been taken."""
+        if self._available:
+            return False
+        piece = self._next()
+        if piece is None:
+            return True
+        self._pending.append(piece)
+        self._available += piece.size
+        return False
 
 
 def _accumulate_joined(

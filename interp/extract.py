@@ -134,6 +134,29 @@ def select_source(dataset: Dataset, split: str) -> ExtractionSource:
     return ExtractionSource(split, [get_split(dataset, split)])
 
 
+def _open_writer(
+    loaded: LoadedModel,
+    source: ExtractionSource,
+    out_dir: Path,
+    force: bool,
+    row_group_rows: int,
+    temp_dir: Path | None = None,
+    rank: int | None = None,
+) -> RunWriter:
+    """The run writer for this checkpoint's task and concepts (a rank's shard writer when ``rank`` is given)."""
+    return RunWriter(
+        out_dir,
+        task=loaded.task,
+        concepts=loaded.concepts,
+        with_score=loaded.task == "sentiment",
+        with_transcript=source.has_transcripts,
+        force=force,
+        row_group_rows=row_group_rows,
+        temp_dir=temp_dir,
+        rank=rank,
+    )
+
+
 def default_run_dir(ckpt: Path | str, split: str, runs_root: Path | str = DEFAULT_RUNS_ROOT) -> Path:
     """``runs/<checkpoint stem>-<split>``, e.g. ``runs/model-test``."""
     return Path(runs_root) / f"{Path(ckpt).stem}-{split}"
@@ -276,15 +299,7 @@ def extract(
     torch_device = resolve_device(device)
     loaded, dataset, source, out_dir = _prepare(ckpt, data, split, out, batch_size, torch_device, amp, runs_root)
     model = torch.compile(loaded.model) if compile else loaded.model
-    writer = RunWriter(
-        out_dir,
-        task=loaded.task,
-        concepts=loaded.concepts,
-        with_score=loaded.task == "sentiment",
-        with_transcript=source.has_transcripts,
-        force=force,
-        row_group_rows=row_group_rows,
-    )
+    writer = _open_writer(loaded, source, out_dir, force, row_group_rows)
     started = time.perf_counter()
     with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar, _compilable(compile):
         for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
@@ -377,17 +392,7 @@ def _extract_distributed(
         model = torch.compile(loaded.model) if compile else loaded.model
         count = 0
         try:
-            writer = RunWriter(
-                out_dir,
-                task=loaded.task,
-                concepts=loaded.concepts,
-                with_score=loaded.task == "sentiment",
-                with_transcript=source.has_transcripts,
-                force=force,
-                row_group_rows=row_group_rows,
-                temp_dir=temp_dir,
-                rank=world.rank,
-            )
+            writer = _open_writer(loaded, source, out_dir, force, row_group_rows, temp_dir=temp_dir, rank=world.rank)
             started = time.perf_counter()
             description = f"extract {source.name} (rank 0 of {world.size})"
             bar_context = progress_bar(len(sampler), description, enabled=progress and world.is_main, unit="samples")

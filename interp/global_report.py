@@ -32,7 +32,7 @@ import pandas as pd
 
 from interp import __version__
 from interp.html import template_environment
-from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_run
+from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_runs
 from interp.stats import QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
 from interp.tables import (
     LEGEND_PLAIN,
@@ -102,19 +102,11 @@ def run_global(
         level=level, group=group, interval=interval, correction=correction, split=split, baseline=baseline,
         bootstrap_samples=bootstrap_samples, seed=seed,
     ).validated()
-    paths = _resolve_runs(runs, runs_root)
+    paths = resolve_runs(runs, runs_root)
     results = [compute_global_stats(path, options) for path in paths]
     out_dir = Path(out) if out is not None else Path(reports_root) / "+".join(stats.name for stats in results)
     files = write_global_outputs(results, out_dir, heatmaps=heatmaps)
     return GlobalReport(results=results, out_dir=out_dir, html_path=files["html"], files=files)
-
-
-def _resolve_runs(runs: Sequence[Path | str] | Path | str | None, runs_root: Path | str) -> list[Path]:
-    if runs is None or (not isinstance(runs, (str, Path)) and len(runs) == 0):
-        return [resolve_run(None, runs_root)]
-    if isinstance(runs, (str, Path)):
-        runs = [runs]
-    return [resolve_run(run, runs_root) for run in runs]
 
 
 # ---------------------------------------------------------------------------------------------------- files

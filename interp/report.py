@@ -48,7 +48,7 @@ from interp.runs import (
     DEFAULT_RUNS_ROOT,
     atomic_write_text,
     read_meta,
-    resolve_run,
+    resolve_runs,
     run_name,
     samples_files,
 )
@@ -211,7 +211,7 @@ def run_report(
     from interp.global_report import render_global_section, write_global_outputs
     from interp.stats import compute_global_stats
 
-    paths = _resolve_runs(runs, runs_root)
+    paths = resolve_runs(runs, runs_root)
     names = [run_name(p) for p in paths]
     if len(set(names)) != len(names):
         raise InterpError(f"the runs must have different folder names to be reported together; got {', '.join(names)}")
@@ -252,14 +252,6 @@ def run_report(
     index = out_dir / INDEX_FILE
     atomic_write_text(index, html)
     return index
-
-
-def _resolve_runs(runs: Sequence[Path | str] | Path | str | None, runs_root: Path | str) -> list[Path]:
-    if runs is None or (not isinstance(runs, (str, Path)) and len(runs) == 0):
-        return [resolve_run(None, runs_root)]
-    if isinstance(runs, (str, Path)):
-        runs = [runs]
-    return [resolve_run(run, runs_root) for run in runs]
 
 
 def _safe(name: str) -> str:

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from interp.errors import RunError
 from interp.schema import META_FILE, ROUTING_FILE, ROUTING_SHARD_GLOB, SAMPLES_FILE, SAMPLES_SHARD_GLOB
@@ -51,6 +51,15 @@ def resolve_run(run: Path | str | None, runs_root: Path | str = DEFAULT_RUNS_ROO
             raise RunError(f"{path} is not a complete run (no {META_FILE}); extract it again with `interp extract`")
     check_run(path)
     return path
+
+
+def resolve_runs(runs: "Sequence[Path | str] | Path | str | None", runs_root: Path | str = DEFAULT_RUNS_ROOT) -> list[Path]:
+    """Each of ``runs`` checked with :func:`resolve_run`; the most recent run when none is given."""
+    if runs is None or (not isinstance(runs, (str, Path)) and len(runs) == 0):
+        return [resolve_run(None, runs_root)]
+    if isinstance(runs, (str, Path)):
+        runs = [runs]
+    return [resolve_run(run, runs_root) for run in runs]
 
 
 _META_KEYS = ("task", "concepts", "features", "J", "n")

@@ -224,7 +224,7 @@ def train(
     best = {"loss": math.inf, "epoch": 0, "metrics": {}, "state_dict": None}
     stale = 0
     if resume:
-        start_epoch, best, stale, history = _restore(out, model, optimizer, config, settings, dataset, torch_device)
+        start_epoch, best, stale, history = _restore(out, model, optimizer, config, dataset, torch_device)
 
     text, audio, vision, target = split_tensors(train_split, task)
     generator = torch.Generator().manual_seed(seed)
@@ -270,7 +270,7 @@ def train(
                     "loss": valid_loss,
                     "epoch": epoch,
                     "metrics": valid_metrics,
-                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "state_dict": _cpu_state(model),
                 }
                 stale = 0
             else:
@@ -299,6 +299,11 @@ def train(
         device=str(torch_device),
         history=history,
     )
+
+
+def _cpu_state(model: RoutingModel) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state dict (kept as the best weights, or saved to resume)."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
 
 def _save(
@@ -343,7 +348,7 @@ def _save(
         "resume": {
             "epoch": epoch,
             "stale": stale,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "state_dict": _cpu_state(model),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         },
@@ -358,7 +363,6 @@ def _restore(
     model: RoutingModel,
     optimizer: torch.optim.Optimizer,
     config: ModelConfig,
-    settings: dict[str, Any],
     dataset: Dataset,
     device: torch.device,
 ) -> tuple[int, dict[str, Any], int, list[dict[str, float]]]:

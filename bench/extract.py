@@ -23,6 +23,7 @@ Run ``python bench/extract.py --help``; the README beside this file explains the
 
 from __future__ import annotations
 
+from _memory import peak_rss_mb, rss_mb  # bench/ is sys.path[0] when a benchmark runs
 import argparse
 import json
 import os
@@ -50,25 +51,6 @@ DIMS = (300, 74, 35)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB): VmHWM of /proc/self/status.
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak over fork and exec into it, so a
-    subprocess started by a big parent would report the parent's peak.
-    """
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -186,7 +168,7 @@ def _worker(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
+    base = rss_mb()
     started = time.perf_counter()
     n = once(Path(args.data), scratch / "run")
     if cuda:
@@ -198,7 +180,7 @@ def _worker(args: argparse.Namespace) -> None:
         "seconds": seconds,
         "samples_per_s": n / seconds,
         "warmup_s": warm_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # DataLoader workers
         "base_rss_mb": base,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,

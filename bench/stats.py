@@ -17,6 +17,7 @@ Run ``python bench/stats.py --help``; the README beside this file explains the t
 
 from __future__ import annotations
 
+from _memory import peak_rss_mb, rss_mb  # bench/ is sys.path[0] when a benchmark runs
 import argparse
 import json
 import os
@@ -39,26 +40,6 @@ PANDAS_BYTES_PER_ROW = 60.0
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _rss_mb() -> float:
-    """Current resident memory of this process (MB)."""
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB): VmHWM of /proc/self/status.
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's peak over fork and exec into it, so a
-    subprocess started by a big parent would report the parent's peak.
-    """
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _available_gb() -> float:
@@ -282,7 +263,7 @@ def _worker(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     run = Path(args.run)
-    base = _rss_mb()
+    base = rss_mb()
     result: dict[str, object] = {"method": args.worker}
     if args.worker in ("interp", "prototype"):
         import importlib
@@ -292,7 +273,7 @@ def _worker(args: argparse.Namespace) -> None:
         else:
             module_name, _, function_name = args.entry.partition(":")
             function = getattr(importlib.import_module(module_name), function_name or "compute_global_stats")
-        base = _rss_mb()
+        base = rss_mb()
         started = time.perf_counter()
         stats = function(run)
         seconds = time.perf_counter() - started
@@ -311,7 +292,7 @@ def _worker(args: argparse.Namespace) -> None:
         import duckdb
 
         connection = duckdb.connect()
-        base = _rss_mb()
+        base = rss_mb()
         started = time.perf_counter()
         grouped = connection.execute(
             "SELECT feature, concept, avg(r) AS r_mean, stddev_samp(r) AS r_std, count(r) AS r_n, "
@@ -330,7 +311,7 @@ def _worker(args: argparse.Namespace) -> None:
     means.index = means.index.set_levels([level.astype(str) for level in means.index.levels])
     result.update(
         seconds=seconds,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         base_rss_mb=base,
         means={"|".join(map(str, key)): float(value) for key, value in means.sort_index().items()},
         rows=int(pq.ParquetFile(run / "routing.parquet").metadata.num_rows),

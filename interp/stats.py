@@ -69,7 +69,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -727,6 +727,25 @@ class _RoutingChunk:
         )
 
 
+def _take_front(pending: list[Any], count: int) -> list[Any]:
+    """Remove the first ``count`` rows from a queue of pieces (each with ``.size`` and ``.slice(start, stop)``).
+
+    Whole pieces are popped; the last one is split, its remainder staying at the head. Returns the pieces taken.
+    """
+    parts: list[Any] = []
+    need = count
+    while need:
+        head = pending[0]
+        if head.size <= need:
+            parts.append(pending.pop(0))
+            need -= head.size
+        else:
+            parts.append(head.slice(0, need))
+            pending[0] = head.slice(need, head.size)
+            need = 0
+    return parts
+
+
 class _RoutingQueue:
     """Routing rows of one file, handed out in exact counts whatever the file's batch boundaries."""
 
@@ -752,18 +771,7 @@ class _RoutingQueue:
         while self._available < count:
             if not self._pull():
                 raise _Misaligned
-        parts: list[_RoutingChunk] = []
-        need = count
-        while need:
-            head = self._pending[0]
-            if head.size <= need:
-                parts.append(head)
-                self._pending.pop(0)
-                need -= head.size
-            else:
-                parts.append(head.slice(0, need))
-                self._pending[0] = head.slice(need, head.size)
-                need = 0
+        parts: list[_RoutingChunk] = _take_front(self._pending, count)
         self._available -= count
         if not parts:
             return _RoutingChunk(np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0), np.empty(0), pa.array([], pa.string()))
@@ -1040,17 +1048,7 @@ class _SampleRows:
                 raise _Misaligned
             self._pending.append(piece)
             self._available += piece.size
-        parts: list[_SamplePiece] = []
-        need = samples
-        while need:
-            head = self._pending[0]
-            if head.size <= need:
-                parts.append(self._pending.pop(0))
-                need -= head.size
-            else:
-                parts.append(head.slice(0, need))
-                self._pending[0] = head.slice(need, head.size)
-                need = 0
+        parts: list[_SamplePiece] = _take_front(self._pending, samples)
         self._available -= samples
         return _SamplePiece.concat(parts)
 

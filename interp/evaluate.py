@@ -17,11 +17,14 @@ from interp.train import (
 #: Display names of the metrics, in table order.
 METRIC_LABELS = {
     "acc7": "Acc7",
-    "acc2": "Acc2 (non-zero)",
-    "f1": "F1 weighted (non-zero)",
+    "acc2": "Acc2 non-zero (neg vs pos, y != 0)",
+    "f1": "F1 weighted non-zero (neg vs pos, y != 0)",
+    "acc2_has0": "Acc2 has-0 (neg vs non-neg, all; MMSA Has0)",
+    "f1_has0": "F1 weighted has-0 (neg vs non-neg, all)",
     "mae": "MAE (expected score)",
     "corr": "Pearson r (expected score)",
-    "acc2_majority": "Acc2 of the majority class",
+    "acc2_majority": "Acc2 non-zero of the majority class",
+    "acc2_has0_majority": "Acc2 has-0 of the majority class",
     "acc_mean": "mean accuracy",
     "f1_mean": "mean weighted F1",
 }

@@ -50,6 +50,11 @@ class ExtractionSource:
     def has_transcripts(self) -> bool:
         return all(part.transcripts is not None for part in self.parts)
 
+    @property
+    def has_modality_labels(self) -> bool:
+        """True when every part holds CH-SIMS per-modality labels (``label_T``/``_A``/``_V`` in samples.parquet)."""
+        return all(part.modality_labels is not None for part in self.parts)
+
     def lengths(self) -> tuple[np.ndarray | None, str]:
         """(N, 3) int64 real steps over all parts (full length where a part has none) and the padding side,
         or (None, "none") when no part is padded (all parts come from one file, so they share the side)."""
@@ -166,6 +171,7 @@ def _open_writer(
         row_group_rows=row_group_rows,
         temp_dir=temp_dir,
         rank=rank,
+        with_modality_labels=source.has_modality_labels,
     )
 
 
@@ -215,6 +221,11 @@ def iterate_batches(
         if source.has_transcripts
         else None
     )
+    all_modality_labels = (
+        {m: np.concatenate([part.modality_labels[m] for part in source.parts]) for m in ("T", "A", "V")}  # type: ignore[index]
+        if source.has_modality_labels
+        else None
+    )
     all_lengths, padding = source.lengths() if masks_padding(loaded.checkpoint) else (None, "none")
     with torch.inference_mode():
         for text, audio, vision, index in loader:
@@ -239,6 +250,9 @@ def iterate_batches(
                 contributions=output.contributions.float().cpu().numpy(),
                 scores=all_scores[index_np] if all_scores is not None else None,
                 transcripts=all_transcripts[index_np].tolist() if all_transcripts is not None else None,
+                modality_labels=(
+                    {m: v[index_np] for m, v in all_modality_labels.items()} if all_modality_labels is not None else None
+                ),
             )
 
 

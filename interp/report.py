@@ -78,11 +78,14 @@ def related_features(first: str, second: str) -> bool:
 #: Display names of the sentiment metrics, in table order, and whether larger is better.
 SENTIMENT_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("acc7", "Acc7 (7-class accuracy)", True),
-    ("acc2", "Acc2 (positive vs negative, non-zero labels)", True),
-    ("f1", "F1 weighted (non-zero labels)", True),
+    ("acc2", "Acc2 non-zero (negative vs positive, labels ≠ 0)", True),
+    ("f1", "F1 weighted non-zero (negative vs positive, labels ≠ 0)", True),
+    ("acc2_has0", "Acc2 has-0 (negative vs non-negative, all labels; MMSA's Has0_acc_2)", True),
+    ("f1_has0", "F1 weighted has-0 (negative vs non-negative, all labels)", True),
     ("mae", "MAE of the expected score", False),
     ("corr", "Pearson r of the expected score", True),
-    ("acc2_majority", "Acc2 of the majority class (chance level)", True),
+    ("acc2_majority", "Acc2 non-zero of the majority class (chance level)", True),
+    ("acc2_has0_majority", "Acc2 has-0 of the majority class (chance level)", True),
 )
 
 HOW_TO_READ: dict[str, str] = {
@@ -418,11 +421,12 @@ def performance_view(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
         columns = ["validation (model selection)", f"{split} (this run, n = {n})"]
         rows = [
             {"label": label, "cells": [_metric_cell(key, valid.get(key)), _metric_cell(key, metrics.get(key))],
-             "note": "" if higher else "lower is better", "reference": key == "acc2_majority"}
+             "note": "" if higher else "lower is better", "reference": key in ("acc2_majority", "acc2_has0_majority")}
             for key, label, higher in SENTIMENT_METRICS
         ]
-        caption = (f"Sentiment metrics (the paper's Table 1). Acc2 and F1 use the {metrics.get('n_nonzero', '?')} "
-                   "samples with a non-zero label; MAE and r use the expected score Σ_j P(j)·j.")
+        caption = (f"Sentiment metrics (the paper's Table 1). Non-zero Acc2 and F1 use the {metrics.get('n_nonzero', '?')} "
+                   f"samples with a non-zero label; has-0 Acc2 and F1 use all {n}; Acc7 is the argmax class; "
+                   "MAE and r use the expected score Σ_j P(j)·j.")
     else:
         columns = ["validation Acc", "validation F1", f"{split} Acc", f"{split} F1"]
         rows = []

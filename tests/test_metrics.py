@@ -96,7 +96,8 @@ def test_has0_counts_a_neutral_prediction_as_non_negative():
 
 def test_pearson_r_of_a_constant_prediction_is_nan():
     # identical logits in every row: the expected score is constant (up to rounding), r is undefined
-    logits = np.tile(np.array([[0.3, -1.2, 0.7, 0.1, 2.2, -0.4, 0.9]]), (50, 1))
+    # (this row gives an expected-score std of 1e-16 from rounding alone: a naive "std > 0" guard lets it through)
+    logits = np.tile(np.array([[0.1, -0.1, 0.6, 0.1, -0.5, 0.4, 1.3]]), (50, 1))
     scores = np.linspace(-3, 3, 50)
     assert np.isnan(sentiment_metrics(logits, scores)["corr"])
     assert np.isnan(sentiment_metrics(one_hot_logits(np.arange(7)), np.zeros(7))["corr"])

@@ -43,6 +43,7 @@ from interp import __version__
 from interp.html import template_environment
 from interp.errors import InterpError, RunError
 from interp.metrics import HEADLINE, task_metrics
+from interp.modality_labels import modality_label_view
 from interp.runs import (
     DEFAULT_REPORTS_ROOT,
     DEFAULT_RUNS_ROOT,
@@ -175,6 +176,7 @@ class RunSection:
     performance: dict[str, Any]
     planted: list[PlantedRow] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
+    modality_labels: dict[str, Any] | None = None  # routing vs CH-SIMS per-modality labels (interp.modality_labels)
 
     @property
     def agreement(self) -> int:
@@ -246,6 +248,7 @@ def run_report(
                 performance=performance_view(path, meta),
                 planted=planted_rows(stats, meta.get("planted")),
                 gallery=gallery_items(path, stats, local_dir, out_dir, gallery_random, seed),
+                modality_labels=modality_label_view(path, meta),
             )
         )
 

@@ -311,10 +311,14 @@ def model_card(meta: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
     variant = str(meta.get("variant") or config.get("variant") or "?")
     iterations = VARIANTS.get(variant)
     variant_text = variant + {
-        2: " (2 routing iterations, the paper's default)",
-        1: " (1 routing iteration, the paper's Routing*)",
+        2: " (uniform start + 2 routing updates, as the paper's text describes; the authors' released "
+           "configuration is routing1)",
+        1: " (uniform start + 1 routing update: the authors' released configuration, --num-routing 1, and the "
+           "paper's Routing*)",
         0: " (no routing: r fixed at 1/J)",
     }.get(iterations, "")
+    if iterations:
+        variant_text += "; concept dropout on the final concepts only in training (the authors': on every update)"
     concepts = [str(c) for c in meta.get("concepts") or []]
     dims = config.get("input_dims")
     dims_text = (
@@ -349,7 +353,8 @@ def model_card(meta: dict[str, Any], name: str) -> list[tuple[str, str, str]]:
     rows = [
         ("Run", name, str(meta.get("created", ""))),
         ("Task", f"{task}: {len(concepts)} concepts ({', '.join(concepts)})", ""),
-        ("Variant", variant_text, ""),
+        ("Variant", variant_text, "concept dropout: the authors apply it to every concept update in training, we "
+         "only to the final concepts; the evaluation-time computation is the same"),
         ("Data", str(meta.get("data", "—")), f"sha256 {meta.get('data_sha256', '')}"),
         ("Data SHA-256", _short_hash(meta.get("data_sha256")), str(meta.get("data_sha256", ""))),
         ("Synthetic (planted truth)", "yes: " + ", ".join(f"{c}←{f}" for c, f in planted.items()) if planted else "no", ""),

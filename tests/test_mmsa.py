@@ -315,3 +315,31 @@ def test_inspect_real_mosi(mosi_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert info["splits"]["train"]["modalities"]["audio"]["d"] == 73
     assert [info["splits"][s]["videos"]["count"] for s in ("train", "valid", "test")] == [56, 6, 31]
     assert sum(info["splits"]["test"]["labels"]["classes"].values()) == 752
+
+
+# ------------------------------------------------------------------------------------------- CLI conventions
+
+
+def test_eval_threads_and_both_acc2_conventions(
+    mmsa_files: dict[str, Path], mmsa_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = main(["eval", "--ckpt", str(mmsa_checkpoint), "--data", str(mmsa_files["unaligned"]), "--device", "cpu",
+                     "--threads", "1", "--format", "mmsa", "--out", str(tmp_path / "eval.json")])
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+    table = capsys.readouterr().out
+    assert "Acc2 non-zero (neg vs pos, y != 0)" in table and "Acc2 has-0 (neg vs non-neg, all; MMSA Has0)" in table
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert {"acc2", "f1", "acc2_has0", "f1_has0"} <= set(metrics)
+
+
+def test_help_says_which_variant_is_the_authors_release(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "routing1: one update, which is the authors' released configuration (--num-routing 1" in text
+    assert "--threads" in text and "shared with other jobs use 1" in text

@@ -64,6 +64,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: --help text of --threads (train, eval, extract, demo).
+THREADS_HELP = (
+    "CPU threads torch uses inside each operation (default: all the cores torch sees). On a machine shared with "
+    "other jobs use 1, or the cores divided by the jobs running: busy threads waiting on each other can make "
+    "training many times slower"
+)
+#: --help text of --format (train, eval, extract, data inspect).
+FORMAT_HELP = "data layout: mult (MulT pickle) or mmsa (MMSA aligned/unaligned pickle); default: detected from the keys"
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (process-wide, so the CLI sets it; a notebook calls torch.set_num_threads itself)."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------- commands
 
 
@@ -86,9 +105,23 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from interp.data_inspect import inspect_data
+
+    report = inspect_data(args.path, format=args.format)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render())
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from interp.train import train
 
+    _set_threads(args)
     result = train(
         data_path=args.data,
         out=args.out,
@@ -109,6 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grad_clip=args.grad_clip,
         resume=args.resume,
         progress=not args.quiet,
+        format=args.format,
     )
     print(result.summary())
     return 0
@@ -117,8 +151,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from interp.evaluate import evaluate
 
+    _set_threads(args)
     result = evaluate(
-        args.ckpt, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size, out=args.out
+        args.ckpt, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size, out=args.out,
+        format=args.format,
     )
     print(result.table())
     print(f"metrics written to {result.path}")
@@ -128,6 +164,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from interp.extract import extract
 
+    _set_threads(args)
     run = extract(
         args.ckpt,
         data=args.data,
@@ -140,6 +177,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         compile=args.compile,
         progress=not args.quiet,
+        format=args.format,
     )
     print(f"run written to {run}")
     return 0
@@ -195,6 +233,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from interp.demo import run_demo
 
+    _set_threads(args)
     path = run_demo(out=args.out, quick=args.quick, device=args.device, progress=not args.quiet)
     print(f"demo report: {path}")
     return 0
@@ -213,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     # data synth
-    data = commands.add_parser("data", help="data sets: `interp data synth` writes planted-truth data")
+    data = commands.add_parser(
+        "data", help="data sets: `interp data synth` writes planted-truth data, `interp data inspect` describes a file"
+    )
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
     data_commands.required = True
     synth = data_commands.add_parser(
@@ -231,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--noise", type=float, default=0.5, help="noise scale (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)
+    inspect = data_commands.add_parser(
+        "inspect",
+        help="what a data file holds and what interp would refuse",
+        description="Reads the file as training would (same restricted unpickler and checks) and shows: layout, "
+        "splits, N, T and d per modality, padding side and real lengths, non-finite counts, the label distribution "
+        "(7 sentiment classes), videos and segments per video, transcripts, planted truth, and every refusal.",
+    )
+    inspect.add_argument("path", type=Path, help="data pickle (MulT or MMSA layout)")
+    inspect.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.set_defaults(func=_cmd_data_inspect)
 
     # train
     train = commands.add_parser(
@@ -239,10 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with Adam, gradient clipping and early stopping; the model is selected on the "
         "validation split (never on test). The checkpoint holds everything needed to rebuild and interpret it.",
     )
-    train.add_argument("--data", type=Path, required=True, help="data pickle in the MulT layout")
+    train.add_argument("--data", type=Path, required=True, help="data pickle (MulT or MMSA layout)")
+    train.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
     train.add_argument("--task", default="sentiment", choices=["sentiment", "emotion", "iemocap"])
     train.add_argument("--variant", default="routing", choices=["routing", "routing1", "gam"],
-                       help="routing (2 iterations), routing1 (1 iteration, the paper's Routing*), gam (no routing)")
+                       help="routing: two routing updates after the uniform start, as the paper's text describes "
+                       "(default); routing1: one update, which is the authors' released configuration "
+                       "(--num-routing 1 in their run script) and the paper's Routing*; gam: no routing. Concept "
+                       "dropout: the authors apply it to every concept update in training, we only to the final "
+                       "concepts (evaluation is the same computation)")
     train.add_argument("--out", type=Path, default=Path("models/model.pt"), help="checkpoint (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--batch-size", type=_positive_int, default=32)
@@ -261,14 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grad-clip", type=_positive_float, default=1.0)
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved training state")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     train.set_defaults(func=_cmd_train)
 
     # eval
     evaluate = commands.add_parser(
         "eval",
         help="test metrics (the paper's Tables 1-2)",
-        description="Sentiment: Acc7, Acc2 and weighted F1 (non-zero labels), MAE and Pearson r of the expected "
-        "score. Emotion / IEMOCAP: per-emotion accuracy and weighted F1.",
+        description="Sentiment: Acc7 (argmax class), Acc2 and weighted F1 in both conventions (non-zero: negative "
+        "vs positive without the 0 labels; has-0: negative vs non-negative on all, MMSA's Has0_acc_2), MAE and "
+        "Pearson r of the expected score. Emotion / IEMOCAP: per-emotion accuracy and weighted F1.",
     )
     evaluate.add_argument("--ckpt", type=Path, default=Path("models/model.pt"))
     evaluate.add_argument("--data", type=Path, default=None, help="data pickle (default: the one recorded in the checkpoint)")
@@ -276,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: beside the checkpoint)")
+    evaluate.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    evaluate.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     evaluate.set_defaults(func=_cmd_eval)
 
     # extract
@@ -297,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
     extract.add_argument("--compile", action="store_true", help="torch.compile the model first")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    extract.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    extract.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     extract.set_defaults(func=_cmd_extract)
 
     # global
@@ -360,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a tiny run, well under a minute")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

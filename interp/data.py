@@ -24,6 +24,8 @@ from typing import IO, Any, Mapping
 import numpy as np
 
 from interp.errors import DataError, DataWarning
+from interp.mmsa import LAYOUTS, SplitExtras, detect_layout, mmsa_to_mult
+from interp.padding import stack_lengths
 from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
 
 #: Split names in their canonical order.
@@ -81,6 +83,10 @@ class Split:
     ``labels``: float32 raw labels with singleton axes after the first removed: (N,) for sentiment, (N, 6) for
     emotion, (N, 4) or (N, 4, 2) for IEMOCAP; turn them into training targets with :func:`targets`.
     ``ids``: N sample ids, unique within the whole data set. ``transcripts``: N strings, or None.
+    ``lengths``: (N, 3) int64 real steps per modality (text, audio, vision) or None (all full length);
+    ``padding``: the side padded (``end`` MMSA, ``start`` MulT, ``none``), see :mod:`interp.padding`.
+    ``modality_labels``: CH-SIMS per-modality labels ``{"T", "A", "V": (N,) float32}`` or None.
+    ``videos``: N video names (MMSA: the part of the id before ``$_$``) or None.
     """
 
     name: str
@@ -90,6 +96,10 @@ class Split:
     labels: np.ndarray
     ids: list[str]
     transcripts: list[str] | None = None
+    lengths: np.ndarray | None = None
+    padding: str = "none"
+    modality_labels: dict[str, np.ndarray] | None = None
+    videos: list[str] | None = None
 
     @property
     def n(self) -> int:
@@ -110,7 +120,8 @@ class Dataset:
     ``path``: the resolved file; ``sha256``: hex digest of its bytes; ``splits``: name -> :class:`Split` in the
     order train, valid, test; ``nonfinite``: count of replaced non-finite values per ``"split/modality"`` and in
     ``"total"``; ``planted``: the planted ``{concept: feature}`` map read from ``<stem>.planted.json`` beside the
-    data (synthetic data), else None; ``planted_info``: that whole JSON document, else None.
+    data (synthetic data), else None; ``planted_info``: that whole JSON document, else None; ``layout``: ``mult``
+    or ``mmsa`` (:data:`interp.mmsa.LAYOUTS`).
     """
 
     path: Path
@@ -119,6 +130,7 @@ class Dataset:
     nonfinite: dict[str, int]
     planted: dict[str, str] | None = None
     planted_info: dict[str, Any] | None = field(default=None, repr=False)
+    layout: str = "mult"
 
 
 # ------------------------------------------------------------------------------------------------ unpickling
@@ -216,16 +228,28 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_dataset(path: Path | str) -> Dataset:
-    """Load and validate a MulT-layout pickle (see the module docstring); raises :class:`DataError` on bad input."""
+def load_dataset(path: Path | str, format: str | None = None) -> Dataset:
+    """Load and validate a data pickle; raises :class:`DataError` on bad input.
+
+    ``format``: ``mult`` (see the module docstring) or ``mmsa`` (:mod:`interp.mmsa`); None detects it from the keys.
+    """
     path = Path(path).expanduser()
     _check_file(path)
     path = path.resolve()
+    if format is not None and format not in LAYOUTS:
+        raise DataError(f"unknown data format {format!r}; choose {' or '.join(LAYOUTS)} (or leave it out to detect it)")
     raw = safe_load_pickle(path)
     digest = sha256_file(path)
-    split_dicts = _split_dicts(raw, path)
+    layout = format or detect_layout(raw)
+    extras: dict[str, SplitExtras] = {}
+    if layout == "mmsa":
+        split_dicts, extras = mmsa_to_mult(raw, path)
+    else:
+        split_dicts = _split_dicts(raw, path)
     nonfinite: dict[str, int] = {}
     splits = {name: _load_split(name, value, nonfinite) for name, value in split_dicts.items()}
+    for name, split in splits.items():
+        _set_padding(split, extras.get(name), layout)
     nonfinite["total"] = int(sum(nonfinite.values()))
     if nonfinite["total"]:
         where = ", ".join(f"{key}: {count}" for key, count in nonfinite.items() if key != "total" and count)
@@ -239,7 +263,23 @@ def load_dataset(path: Path | str) -> Dataset:
     _make_ids_unique(splits)
     info = read_planted(path, digest)
     planted = dict(info["planted"]) if info is not None else None
-    return Dataset(path=path, sha256=digest, splits=splits, nonfinite=nonfinite, planted=planted, planted_info=info)
+    return Dataset(path=path, sha256=digest, splits=splits, nonfinite=nonfinite, planted=planted, planted_info=info,
+                   layout=layout)
+
+
+def _set_padding(split: Split, extras: SplitExtras | None, layout: str) -> None:
+    """Fill a split's lengths, padding side, videos and per-modality labels, in place (after cleaning).
+
+    MMSA: end padding, stored lengths where the file has them, else trailing all-zero steps. MulT: start
+    padding, detected as leading all-zero steps (MulT files store no lengths).
+    """
+    arrays = {m: split.modality(m) for m in MODALITIES}
+    side = "end" if layout == "mmsa" else "start"
+    split.lengths = stack_lengths(arrays, extras.lengths if extras is not None else {}, side)
+    split.padding = side if split.lengths is not None else "none"
+    if extras is not None:
+        split.videos = extras.videos
+        split.modality_labels = extras.modality_labels
 
 
 def _split_dicts(raw: Any, path: Path) -> dict[str, Mapping[str, Any]]:
@@ -268,8 +308,9 @@ def _load_split(name: str, raw: Mapping[str, Any], nonfinite: dict[str, int]) ->
     """Validate one split dict and build its :class:`Split`; records non-finite counts in ``nonfinite``."""
     missing = [key for key in (*MODALITIES, "labels") if key not in raw]
     if missing:
+        hint = "; this looks like the MMSA layout: pass --format mmsa" if "regression_labels" in raw else ""
         raise DataError(
-            f"split {name!r} lacks {', '.join(missing)}; each split needs text, audio, vision and labels arrays"
+            f"split {name!r} lacks {', '.join(missing)}; each split needs text, audio, vision and labels arrays{hint}"
         )
     arrays: dict[str, np.ndarray] = {}
     for modality in MODALITIES:

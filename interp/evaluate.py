@@ -10,16 +10,21 @@ from typing import Any
 from interp.data import get_split, load_dataset, targets
 from interp.metrics import task_metrics
 from interp.runs import atomic_write_text
-from interp.train import check_compatible, load_checkpoint, predict_logits, resolve_data_path, resolve_device
+from interp.train import (
+    check_compatible, load_checkpoint, masks_padding, predict_logits, resolve_data_path, resolve_device,
+)
 
 #: Display names of the metrics, in table order.
 METRIC_LABELS = {
     "acc7": "Acc7",
-    "acc2": "Acc2 (non-zero)",
-    "f1": "F1 weighted (non-zero)",
+    "acc2": "Acc2 non-zero (neg vs pos, y != 0)",
+    "f1": "F1 weighted non-zero (neg vs pos, y != 0)",
+    "acc2_has0": "Acc2 has-0 (neg vs non-neg, all; MMSA Has0)",
+    "f1_has0": "F1 weighted has-0 (neg vs non-neg, all)",
     "mae": "MAE (expected score)",
     "corr": "Pearson r (expected score)",
-    "acc2_majority": "Acc2 of the majority class",
+    "acc2_majority": "Acc2 non-zero of the majority class",
+    "acc2_has0_majority": "Acc2 has-0 of the majority class",
     "acc_mean": "mean accuracy",
     "f1_mean": "mean weighted F1",
 }
@@ -63,18 +68,20 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     out: Path | str | None = None,
+    format: str | None = None,
 ) -> EvalResult:
     """Metrics of ``ckpt`` on ``split`` of ``data`` (default: the data recorded in the checkpoint).
 
     Writes them as JSON to ``out`` (default: ``<checkpoint>.eval-<split>.json`` beside the checkpoint).
+    ``format``: data layout (``mult`` / ``mmsa``; None detects it).
     """
     torch_device = resolve_device(device)
     loaded = load_checkpoint(ckpt, torch_device)
     data_path = resolve_data_path(loaded.checkpoint, data)
-    dataset = load_dataset(data_path)
+    dataset = load_dataset(data_path, format=format)
     chosen = get_split(dataset, split)
     check_compatible(loaded, dataset, chosen)
-    logits = predict_logits(loaded.model, chosen, torch_device, batch_size)
+    logits = predict_logits(loaded.model, chosen, torch_device, batch_size, masks_padding(loaded.checkpoint))
     scores = chosen.labels.reshape(-1) if loaded.task == "sentiment" else None
     metrics = task_metrics(loaded.task, logits, targets(chosen.labels, loaded.task), loaded.concepts, scores=scores)
     path = Path(out) if out is not None else Path(ckpt).with_name(f"{Path(ckpt).stem}.eval-{split}.json")

@@ -28,7 +28,9 @@ from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter, check_target, finalize_run, make_temp_dir
 from interp.schema import FEATURES, ROUTING_FILE, SAMPLES_FILE
-from interp.train import LoadedModel, check_compatible, load_checkpoint, package_versions, resolve_data_path, resolve_device
+from interp.train import (
+    LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path, resolve_device,
+)
 
 SPLITS = ("train", "valid", "test")
 
@@ -47,6 +49,21 @@ class ExtractionSource:
     @property
     def has_transcripts(self) -> bool:
         return all(part.transcripts is not None for part in self.parts)
+
+    @property
+    def has_modality_labels(self) -> bool:
+        """True when every part holds CH-SIMS per-modality labels (``label_T``/``_A``/``_V`` in samples.parquet)."""
+        return all(part.modality_labels is not None for part in self.parts)
+
+    def lengths(self) -> tuple[np.ndarray | None, str]:
+        """(N, 3) int64 real steps over all parts (full length where a part has none) and the padding side,
+        or (None, "none") when no part is padded (all parts come from one file, so they share the side)."""
+        sides = {part.padding for part in self.parts if part.lengths is not None}
+        if not sides:
+            return None, "none"
+        full = [np.tile(np.array(seq_lens(part), dtype=np.int64), (part.n, 1)) for part in self.parts]
+        stacked = [part.lengths if part.lengths is not None else whole for part, whole in zip(self.parts, full)]
+        return np.concatenate(stacked).astype(np.int64), sorted(sides)[0]
 
 
 class _SplitSamples(TorchDataset):
@@ -154,6 +171,7 @@ def _open_writer(
         row_group_rows=row_group_rows,
         temp_dir=temp_dir,
         rank=rank,
+        with_modality_labels=source.has_modality_labels,
     )
 
 
@@ -203,6 +221,12 @@ def iterate_batches(
         if source.has_transcripts
         else None
     )
+    all_modality_labels = (
+        {m: np.concatenate([part.modality_labels[m] for part in source.parts]) for m in ("T", "A", "V")}  # type: ignore[index]
+        if source.has_modality_labels
+        else None
+    )
+    all_lengths, padding = source.lengths() if masks_padding(loaded.checkpoint) else (None, "none")
     with torch.inference_mode():
         for text, audio, vision, index in loader:
             with autocast:
@@ -210,6 +234,8 @@ def iterate_batches(
                     text.to(device, non_blocking=True),
                     audio.to(device, non_blocking=True),
                     vision.to(device, non_blocking=True),
+                    torch.from_numpy(all_lengths[index.numpy()]).to(device) if all_lengths is not None else None,
+                    padding,
                 )
             index_np = index.numpy()
             parts = np.searchsorted(offsets, index_np, side="right") - 1
@@ -224,6 +250,9 @@ def iterate_batches(
                 contributions=output.contributions.float().cpu().numpy(),
                 scores=all_scores[index_np] if all_scores is not None else None,
                 transcripts=all_transcripts[index_np].tolist() if all_transcripts is not None else None,
+                modality_labels=(
+                    {m: v[index_np] for m, v in all_modality_labels.items()} if all_modality_labels is not None else None
+                ),
             )
 
 
@@ -279,11 +308,14 @@ def extract(
     progress: bool = True,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     runs_root: Path | str = DEFAULT_RUNS_ROOT,
+    format: str | None = None,
 ) -> Path:
     """Extract every sample's interpretation values of ``split`` into a run directory; returns its path.
 
     ``data`` and ``split`` default to what the checkpoint recorded (its data file; the test split).
     ``amp="bf16"`` autocasts the encoders on CUDA; p, r and contributions are always computed in fp32.
+    ``format``: the data layout (``mult`` / ``mmsa``; None detects it). Padding is masked for checkpoints trained
+    with it (:func:`interp.train.masks_padding`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its own contiguous chunk of the samples into
     ``routing-rank<k>.parquet`` / ``samples-rank<k>.parquet`` and rank 0 writes meta.json last
@@ -294,10 +326,12 @@ def extract(
         return _extract_distributed(
             world, ckpt, data=data, split=split, out=out, batch_size=batch_size, device=device, force=force,
             amp=amp, num_workers=num_workers, compile=compile, progress=progress, row_group_rows=row_group_rows,
-            runs_root=runs_root,
+            runs_root=runs_root, format=format,
         )
     torch_device = resolve_device(device)
-    loaded, dataset, source, out_dir = _prepare(ckpt, data, split, out, batch_size, torch_device, amp, runs_root)
+    loaded, dataset, source, out_dir = _prepare(
+        ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format
+    )
     model = torch.compile(loaded.model) if compile else loaded.model
     writer = _open_writer(loaded, source, out_dir, force, row_group_rows)
     started = time.perf_counter()
@@ -319,6 +353,7 @@ def _prepare(
     torch_device: torch.device,
     amp: str | None,
     runs_root: Path | str,
+    format: str | None = None,
 ) -> tuple[LoadedModel, Dataset, ExtractionSource, Path]:
     """Check the options, load the checkpoint and the data; returns (loaded, dataset, source, run directory)."""
     if amp not in (None, "bf16"):
@@ -331,7 +366,7 @@ def _prepare(
     split = split or "test"
     if split not in SPLITS + ("all",):
         raise InterpError(f"unknown split {split!r}; choose train, valid, test or all")
-    dataset = load_dataset(resolve_data_path(loaded.checkpoint, data))
+    dataset = load_dataset(resolve_data_path(loaded.checkpoint, data), format=format)
     source = select_source(dataset, split)
     for part in source.parts:
         check_compatible(loaded, dataset, part)
@@ -362,6 +397,7 @@ def _extract_distributed(
     progress: bool,
     row_group_rows: int,
     runs_root: Path | str,
+    format: str | None = None,
 ) -> Path:
     """One rank of ``torchrun ... interp extract``: extract this rank's shard; rank 0 completes the run.
 
@@ -379,7 +415,9 @@ def _extract_distributed(
         loaded = dataset = source = out_dir = None
         error: BaseException | None = None
         try:
-            loaded, dataset, source, out_dir = _prepare(ckpt, data, split, out, batch_size, torch_device, amp, runs_root)
+            loaded, dataset, source, out_dir = _prepare(
+                ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format
+            )
             check_target(out_dir, force)
         except Exception as exc:  # every rank must reach the exchange below, or the others would wait forever
             error = exc

@@ -478,7 +478,7 @@ def plot_sample(explanation: SampleExplanation, *, dpi: int = 100) -> Any:
     if e.transcript:
         quote = textwrap.shorten(" ".join(e.transcript.split()), width=220, placeholder=" …")
         title += "\n" + "\n".join(textwrap.wrap(f"“{quote}”", width=130))
-    fig.suptitle(title, fontsize=11.5, linespacing=1.5)
+    fig.suptitle(title, fontsize=11.5, linespacing=1.5, parse_math=False)  # ids ("<video>$_$<clip>") and words hold $
 
     # Heatmap.
     # Linear and symmetric about 1/J (equal colour steps for equal distances from the baseline); the colour bar

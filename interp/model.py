@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from interp.errors import CheckpointError, InterpError
 from interp.schema import FEATURES, VARIANTS
 
-__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "route", "sinusoidal_positions"]
+__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "padding_masks", "route", "sinusoidal_positions"]
 
 N_FEATURES = len(FEATURES)
 
@@ -205,10 +205,44 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: tor
     return pe.to(dtype)
 
 
+def padding_masks(
+    lengths: Tensor | None, seq_lens: tuple[int, int, int], side: str = "end"
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Key-padding masks ``(B, T_m)`` bool, True at padded steps (PyTorch's convention), one per modality.
+
+    ``lengths``: ``(B, 3)`` real steps of text, audio, vision (each in [1, T_m]) or None (no masks: full length);
+    ``side``: ``end`` (real steps first, MMSA) or ``start`` (real steps last, MulT); ``none`` means no masks.
+    A modality whose samples are all full length gets None.
+    """
+    if lengths is None or side == "none":
+        return (None, None, None)
+    if side not in ("end", "start"):
+        raise InterpError(f"unknown padding side {side!r}; choose end, start or none")
+    masks: list[Tensor | None] = []
+    for m, steps in enumerate(seq_lens):
+        length = lengths[:, m].to(torch.long).clamp(1, steps).unsqueeze(1)
+        if bool((length == steps).all()):
+            masks.append(None)
+            continue
+        index = torch.arange(steps, device=lengths.device).unsqueeze(0)
+        masks.append(index >= length if side == "end" else index < steps - length)
+    return masks[0], masks[1], masks[2]
+
+
+def _last_valid(h: Tensor, mask: Tensor | None) -> Tensor:
+    """``h (B, T, D)`` at each sample's last real step (``mask (B, T)`` True at padding; None: the last step)."""
+    if mask is None:
+        return h[:, -1]
+    valid = (~mask).to(torch.int8)
+    last = h.shape[1] - 1 - valid.flip(1).argmax(dim=1)
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
 class ModalityEmbedding(nn.Module):
     """1x1 Conv1d projection ``d_m -> D``, scaled by sqrt(D), plus sinusoidal positions and dropout.
 
-    ``(B, T, d_m) -> (B, T, D)``.
+    ``(B, T, d_m) -> (B, T, D)``. With a padding ``mask (B, T)`` the real steps are numbered 0, 1, ... from the
+    first real step (so start padding does not shift positions); without one, steps are numbered 0..T-1.
     """
 
     def __init__(self, d_in: int, d_model: int, dropout: float) -> None:
@@ -217,10 +251,15 @@ class ModalityEmbedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (B, T, d_m) -> (B, T, D)``."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x (B, T, d_m) -> (B, T, D)``; ``mask (B, T)`` True at padded steps, or None."""
         h = self.proj(x.transpose(1, 2)).transpose(1, 2) * self.scale
-        h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
+        table = sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
+        if mask is None:
+            h = h + table
+        else:
+            position = ((~mask).to(torch.long).cumsum(dim=1) - 1).clamp(min=0)
+            h = h + table[position]
         return self.dropout(h)
 
 
@@ -243,10 +282,10 @@ class SelfAttentionEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (B, T, D) -> (B, T, D)``."""
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T, D) -> (B, T, D)``; ``key_padding_mask (B, T)`` True at padded steps (never attended to)."""
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, src_key_padding_mask=key_padding_mask)
         return self.norm(x)
 
 
@@ -271,11 +310,11 @@ class CrossModalLayer(nn.Module):
         )
         self.drop2 = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``."""
+    def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)`` (``key_padding_mask (B, T_k)`` True at padding); ``(B, T_q, D)``."""
         q = self.norm_q(x)
         kv = self.norm_kv(y)
-        attended, _ = self.attn(q, kv, kv, need_weights=False)
+        attended, _ = self.attn(q, kv, kv, key_padding_mask=key_padding_mask, need_weights=False)
         x = x + self.drop1(attended)
         x = x + self.drop2(self.ff(self.norm_ff(x)))
         return x
@@ -289,10 +328,10 @@ class CrossModalEncoder(nn.Module):
         self.layers = nn.ModuleList(CrossModalLayer(d_model, n_heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``."""
+    def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)`` (``key_padding_mask (B, T_k)`` of y); returns ``(B, T_q, D)``."""
         for layer in self.layers:
-            x = layer(x, y)
+            x = layer(x, y, key_padding_mask)
         return self.norm(x)
 
 
@@ -333,7 +372,10 @@ class RoutingModel(nn.Module):
     """Multimodal Routing: encoders -> seven features (f_i, p_i) -> routing -> concept logits.
 
     ``forward(text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v)) -> RoutingOutput``.
-    Sequence lengths may differ per modality (any T >= 1). Under ``torch.autocast`` the encoders run in the
+    Sequence lengths may differ per modality (any T >= 1). Padded batches pass ``lengths (B, 3)`` (real steps of
+    text, audio, vision) and ``padding`` (``end`` or ``start``): padded steps are masked as attention keys and
+    each feature is taken at the last real step, so padding never changes a sample's outputs; ``lengths=None``
+    is full length (the behaviour of checkpoints trained before padding was supported). Under ``torch.autocast`` the encoders run in the
     autocast dtype, while the heads, routing, logits and contributions always run in float32.
     Concept dropout is applied only in training mode, so the contribution identity
     ``logits == contributions.sum(1)`` holds exactly in eval mode (not in training mode).
@@ -376,15 +418,21 @@ class RoutingModel(nn.Module):
             if x.shape[0] != batch:
                 raise InterpError(f"inputs disagree on batch size: text {batch}, {name} {x.shape[0]}")
 
-    def encode(self, text: Tensor, audio: Tensor, vision: Tensor) -> Tensor:
+    def encode(
+        self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
+    ) -> Tensor:
         """Seven encoded feature vectors ``(B, 7, D)`` in the order t, a, v, ta, av, vt, tav.
 
-        Runs in the ambient autocast dtype (if any).
+        Runs in the ambient autocast dtype (if any). ``lengths (B, 3)`` / ``padding``: see the class docstring.
         """
         self._check_inputs(text, audio, vision)
-        x = [emb(m) for emb, m in zip(self.embed, (text, audio, vision))]
-        unimodal = [enc(xm)[:, -1] for enc, xm in zip(self.self_encoders, x)]
-        last = {name: self.cross_encoders[name](x[q], x[k])[:, -1] for name, (q, k) in _CROSS_PAIRS.items()}
+        masks = padding_masks(lengths, (text.shape[1], audio.shape[1], vision.shape[1]), padding)
+        x = [emb(m, mask) for emb, m, mask in zip(self.embed, (text, audio, vision), masks)]
+        unimodal = [_last_valid(enc(xm, mask), mask) for enc, xm, mask in zip(self.self_encoders, x, masks)]
+        last = {
+            name: _last_valid(self.cross_encoders[name](x[q], x[k], masks[k]), masks[q])
+            for name, (q, k) in _CROSS_PAIRS.items()
+        }
         tav = self.fusion(torch.cat([last["at"], last["va"], last["tv"]], dim=-1))
         return torch.stack([*unimodal, last["ta"], last["av"], last["vt"], tav], dim=1)
 
@@ -393,15 +441,22 @@ class RoutingModel(nn.Module):
         out = torch.einsum("bid,ide->bie", h, self.head_weight) + self.head_bias
         return out[..., :-1], torch.sigmoid(out[..., -1])
 
-    def features(self, text: Tensor, audio: Tensor, vision: Tensor) -> tuple[Tensor, Tensor]:
+    def features(
+        self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
+    ) -> tuple[Tensor, Tensor]:
         """Routed features: ``f (B, 7, d_f)`` and ``p (B, 7)``, both float32."""
-        h = self.encode(text, audio, vision)
+        h = self.encode(text, audio, vision, lengths, padding)
         with torch.autocast(device_type=h.device.type, enabled=False):
             return self._heads(h.float())
 
-    def forward(self, text: Tensor, audio: Tensor, vision: Tensor) -> RoutingOutput:
-        """``text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v) -> RoutingOutput`` (float32)."""
-        h = self.encode(text, audio, vision)
+    def forward(
+        self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
+    ) -> RoutingOutput:
+        """``text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v) -> RoutingOutput`` (float32).
+
+        ``lengths (B, 3)`` real steps per modality and ``padding`` side, or None for full length.
+        """
+        h = self.encode(text, audio, vision, lengths, padding)
         with torch.autocast(device_type=h.device.type, enabled=False):
             f, p = self._heads(h.float())
             W = self.W.float()

@@ -73,7 +73,8 @@ class RunBatch:
     sample_ids: B strings; split: B split names (or one name for all); rows: (B,) int64 row within the split;
     targets: (B,) int class index (single-label tasks) or (B, J) 0/1 (multi-label tasks);
     scores: (B,) continuous label (sentiment) or None; logits: (B, J); p: (B, 7); r: (B, 7, J);
-    contributions: (B, 7, J); transcripts: B strings or None.
+    contributions: (B, 7, J); transcripts: B strings or None; modality_labels: CH-SIMS per-modality labels
+    ``{"T", "A", "V": (B,)}`` (columns ``label_T`` ...) or None.
     """
 
     sample_ids: Sequence[str]
@@ -86,6 +87,7 @@ class RunBatch:
     contributions: np.ndarray
     scores: np.ndarray | None = None
     transcripts: Sequence[str] | None = None
+    modality_labels: dict[str, np.ndarray] | None = None
 
     @property
     def size(self) -> int:
@@ -126,7 +128,13 @@ def _names(members: np.ndarray, concepts: Sequence[str]) -> list[str]:
     return [",".join(names[row]) for row in members]
 
 
-def samples_schema(task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool) -> pa.Schema:
+#: Modality letters of CH-SIMS per-modality labels, stored as float columns ``label_T``, ``label_A``, ``label_V``.
+MODALITY_LABELS: tuple[str, ...] = ("T", "A", "V")
+
+
+def samples_schema(
+    task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool, with_modality_labels: bool = False
+) -> pa.Schema:
     """The schema of samples.parquet for a task."""
     fields = [
         pa.field("sample_id", pa.string()),
@@ -145,6 +153,8 @@ def samples_schema(task: str, concepts: Sequence[str], with_score: bool, with_tr
     fields += [pa.field(p_column(f), pa.float32()) for f in FEATURES]
     if with_transcript:
         fields.append(pa.field("transcript", pa.string()))
+    if with_modality_labels:
+        fields += [pa.field(f"label_{m}", pa.float32()) for m in MODALITY_LABELS]
     return pa.schema(fields, metadata={"interp.task": task})
 
 
@@ -210,6 +220,10 @@ def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: p
         columns[p_column(feature)] = p[:, i]
     if "transcript" in schema.names:
         columns["transcript"] = [str(t) for t in batch.transcripts] if batch.transcripts is not None else [""] * n
+    for m in MODALITY_LABELS:
+        if f"label_{m}" in schema.names:
+            values = batch.modality_labels[m] if batch.modality_labels is not None else np.full(n, np.nan)
+            columns[f"label_{m}"] = np.asarray(values, dtype=np.float32)
     return pa.Table.from_pydict(columns, schema=schema)
 
 
@@ -261,6 +275,7 @@ class RunWriter:
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         temp_dir: Path | None = None,
         rank: int | None = None,
+        with_modality_labels: bool = False,
     ) -> None:
         self.out = Path(out)
         self.task = task
@@ -271,7 +286,7 @@ class RunWriter:
         suffix = f"-rank{rank}" if rank is not None else ""
         self.samples_path = self.temp_dir / f"samples{suffix}.parquet"
         self.routing_path = self.temp_dir / f"routing{suffix}.parquet"
-        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript)
+        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript, with_modality_labels)
         self._samples_writer = pq.ParquetWriter(
             self.samples_path, self._samples_schema, compression=samples_compression(self._samples_schema)
         )
@@ -387,6 +402,7 @@ def write_run(
     """
     with_score = batches[0].scores is not None if batches else False
     with_transcript = batches[0].transcripts is not None if batches else False
+    with_modality_labels = batches[0].modality_labels is not None if batches else False
     writer = RunWriter(
         out,
         task=task,
@@ -395,6 +411,7 @@ def write_run(
         with_transcript=with_transcript,
         force=force,
         row_group_rows=row_group_rows,
+        with_modality_labels=with_modality_labels,
     )
     with writer:
         for batch in batches:

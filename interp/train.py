@@ -122,19 +122,32 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task in SINGLE_LABEL_TASKS else nn.BCEWithLogitsLoss()
 
 
+def split_lengths(split: Split) -> torch.Tensor | None:
+    """(N, 3) int64 real steps per modality of a padded split, or None (full length); see :mod:`interp.padding`."""
+    return None if split.lengths is None else torch.from_numpy(np.ascontiguousarray(split.lengths, dtype=np.int64))
+
+
+def masks_padding(checkpoint: dict[str, Any]) -> bool:
+    """True when the checkpoint was trained with padding masked (``data.padding_masked``); older checkpoints
+    were trained on full-length sequences and are run that way, so their outputs do not change."""
+    return bool(checkpoint.get("data", {}).get("padding_masked", False))
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: RoutingModel, split: Split, device: torch.device, batch_size: int = 256
+    model: RoutingModel, split: Split, device: torch.device, batch_size: int = 256, mask_padding: bool = True
 ) -> np.ndarray:
-    """Logits (N, J) of a split in eval mode."""
+    """Logits (N, J) of a split in eval mode (padding masked when ``mask_padding`` and the split is padded)."""
     model.eval()
     outputs = []
+    lengths = split_lengths(split) if mask_padding else None
     for start in range(0, split.n, batch_size):
         stop = min(start + batch_size, split.n)
         text = torch.as_tensor(split.text[start:stop], dtype=torch.float32, device=device)
         audio = torch.as_tensor(split.audio[start:stop], dtype=torch.float32, device=device)
         vision = torch.as_tensor(split.vision[start:stop], dtype=torch.float32, device=device)
-        outputs.append(model(text, audio, vision).logits.float().cpu().numpy())
+        batch_lengths = lengths[start:stop].to(device) if lengths is not None else None
+        outputs.append(model(text, audio, vision, batch_lengths, split.padding).logits.float().cpu().numpy())
     return np.concatenate(outputs, axis=0)
 
 
@@ -173,11 +186,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
+    format: str | None = None,
 ) -> TrainResult:
     """Train a model on ``data_path`` and write the checkpoint to ``out``.
 
     The model is selected on the validation loss; early stopping after ``patience`` epochs without improvement.
-    ``resume`` continues a training whose checkpoint is at ``out`` (same data and settings).
+    ``resume`` continues a training whose checkpoint is at ``out`` (same data and settings). ``format``: the data
+    layout (``mult`` / ``mmsa``; None detects it). Padded sequences are masked (:mod:`interp.padding`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -189,7 +204,7 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after the first epoch
     if out.is_dir():
         raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
-    dataset = dataset if dataset is not None else load_dataset(data_path)
+    dataset = dataset if dataset is not None else load_dataset(data_path, format=format)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
     torch_device = resolve_device(device)
     learning_rate = lr if lr is not None else DEFAULT_LR[task]
@@ -227,6 +242,7 @@ def train(
         start_epoch, best, stale, history = _restore(out, model, optimizer, config, dataset, torch_device)
 
     text, audio, vision, target = split_tensors(train_split, task)
+    lengths = split_lengths(train_split)
     generator = torch.Generator().manual_seed(seed)
     criterion = loss_function(task)
     n_batches = math.ceil(train_split.n / batch_size)
@@ -248,6 +264,8 @@ def train(
                         text[batch].to(torch_device, non_blocking=True),
                         audio[batch].to(torch_device, non_blocking=True),
                         vision[batch].to(torch_device, non_blocking=True),
+                        lengths[batch].to(torch_device) if lengths is not None else None,
+                        train_split.padding,
                     )
                     loss = criterion(output.logits, target[batch].to(torch_device))
                     if not torch.isfinite(loss):
@@ -335,6 +353,8 @@ def _save(
             "sha256": dataset.sha256,
             "planted": dataset.planted,
             "nonfinite": dict(dataset.nonfinite),
+            "layout": dataset.layout,
+            "padding_masked": True,
         },
         "train": {
             **settings,

@@ -65,3 +65,43 @@ def test_multilabel_metrics_by_hand():
     # sad F1: class 1 (support 2) tp 2, predicted 3 -> 0.8; class 0 (support 2) tp 1, predicted 1, actual 2 -> 2/3
     assert metrics["f1_sad"] == pytest.approx((0.8 + 2 / 3) / 2)
     assert metrics["acc_mean"] == pytest.approx(0.625)
+
+
+def test_acc2_both_conventions_by_hand():
+    # labels: -2, -0.5, 0 (neutral), 0 (neutral), +1, +3
+    scores = np.array([-2.0, -0.5, 0.0, 0.0, 1.0, 3.0])
+    # predicted classes: -2, +1, 0 (neutral), -1, +2, -3  -> expected scores about -2, 1, 0, -1, 2, -3
+    predicted = np.array([1, 4, 3, 2, 5, 0])
+    metrics = sentiment_metrics(one_hot_logits(predicted), scores)
+    # non-zero (neg vs pos, zeros dropped): truth -,-,+,+ vs pred -,+,+,- -> 2 of 4
+    assert metrics["acc2"] == pytest.approx(2 / 4)
+    # weighted F1 non-zero: class neg (support 2): tp 1, predicted 2, actual 2 -> 1/2; class pos likewise -> 1/2
+    assert metrics["f1"] == pytest.approx(0.5)
+    # has-0 (neg vs non-neg, all six): truth N,N,nn,nn,nn,nn vs pred N,nn,nn,N,nn,N -> rows 0, 2, 4 right -> 3 of 6
+    assert metrics["acc2_has0"] == pytest.approx(3 / 6)
+    # weighted F1 has-0: class N (support 2): tp 1, predicted 3, actual 2 -> 2/5; class nn (support 4): tp 2,
+    # predicted 3, actual 4 -> 4/7; weighted (2·2/5 + 4·4/7) / 6
+    assert metrics["f1_has0"] == pytest.approx((2 * 2 / 5 + 4 * 4 / 7) / 6)
+    # majority baselines: non-zero 2 of 4 -> 0.5; has-0: 4 non-negative of 6
+    assert metrics["acc2_majority"] == pytest.approx(0.5)
+    assert metrics["acc2_has0_majority"] == pytest.approx(4 / 6)
+
+
+def test_has0_counts_a_neutral_prediction_as_non_negative():
+    # the expected score of a neutral prediction is 0 up to float rounding; it must count as non-negative
+    logits = np.array([[0.1, 0.2, 0.3, 5.0, 0.3, 0.2, 0.1]])  # symmetric: expected score exactly 0 mathematically
+    metrics = sentiment_metrics(np.repeat(logits, 2, axis=0), np.array([0.0, -1.0]))
+    assert metrics["acc2_has0"] == pytest.approx(0.5)
+
+
+def test_pearson_r_of_a_constant_prediction_is_nan():
+    # identical logits in every row: the expected score is constant (up to rounding), r is undefined
+    # (this row gives an expected-score std of 1e-16 from rounding alone: a naive "std > 0" guard lets it through)
+    logits = np.tile(np.array([[0.1, -0.1, 0.6, 0.1, -0.5, 0.4, 1.3]]), (50, 1))
+    scores = np.linspace(-3, 3, 50)
+    assert np.isnan(sentiment_metrics(logits, scores)["corr"])
+    assert np.isnan(sentiment_metrics(one_hot_logits(np.arange(7)), np.zeros(7))["corr"])
+    # a varying prediction still gets its ordinary Pearson r
+    varied = sentiment_metrics(one_hot_logits(np.array([0, 2, 4, 6])), np.array([-3.0, -1.0, 1.0, 2.5]))
+    expected = np.array([-3.0, -1.0, 1.0, 3.0])
+    assert varied["corr"] == pytest.approx(np.corrcoef(expected, [-3.0, -1.0, 1.0, 2.5])[0, 1], abs=1e-6)

@@ -217,7 +217,8 @@ def render_terminal(results: Sequence["GlobalStats"], color: bool = False, width
 def _run_header(stats: "GlobalStats") -> str:
     split = f", split {stats.options.split}" if stats.options.split else ""
     what = "ensemble" if stats.kind == "seeds" else "run"
-    return (f"{what} {stats.name} ({stats.task}, J = {stats.n_concepts}{split}): {units_text(stats)}, "
+    per = " per seed" if stats.kind == "seeds" else ""
+    return (f"{what} {stats.name} ({stats.task}, J = {stats.n_concepts}{split}): n = {stats.n_samples} samples{per}, "
             f"baseline 1/J = {stats.baseline:.3f}, group {stats.options.group}, {_interval_phrase(stats)}")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from interp.ensemble import bold_agreement, seed_of, seed_spearman, verdict_survival
+from interp.runreader import has_column
 from interp.stats import JUDGED, GlobalStats, compute_global_stats
 from interp.tables import QUANTITY_SYMBOLS, format_interval
 
@@ -96,12 +97,11 @@ def planted_recovery(ensemble: GlobalStats) -> list[dict[str, Any]]:
 
 def clustering_view(stats: GlobalStats) -> dict[str, Any]:
     """Where clustering by video changes a verdict of one run (its plain statistics ``stats``)."""
-    options = replace(stats.options, cluster="video", interval="clt")
-    clustered = compute_global_stats(Path(stats.run), options)
-    view: dict[str, Any] = {"name": stats.name, "clustered": clustered.kind == "videos", "changes": [], "judged": 0,
-                            "note": "" if clustered.kind == "videos" else "no video column: clustering not possible, extract again"}
-    if clustered.kind != "videos":
+    view: dict[str, Any] = {"name": stats.name, "clustered": has_column(stats.run, "video"), "changes": [], "judged": 0,
+                            "note": "no video column: clustering not possible, extract again"}
+    if not view["clustered"]:
         return view
+    clustered = compute_global_stats(Path(stats.run), replace(stats.options, cluster="video", interval="clt"))
     ratios = []
     for quantity in JUDGED:
         plain, video = stats.quantity_cells(quantity), clustered.quantity_cells(quantity)

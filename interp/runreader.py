@@ -75,6 +75,11 @@ def run_layout(run: Path | str, meta: dict | None = None) -> RunLayout:
     return RunLayout(task, concepts, features)
 
 
+def has_column(run: Path | str, column: str) -> bool:
+    """Whether every samples table of a run has ``column`` (footers only), e.g. ``video`` for clustering."""
+    return all(column in pq.read_schema(path).names for path in samples_files(run))
+
+
 @dataclass
 class Block:
     """m whole samples: ``samples`` (the requested samples columns, sample_id first, m rows) and, for the same
@@ -268,4 +273,4 @@ class _RoutingRows:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-__all__ = ["DEFAULT_BATCH_SAMPLES", "ROW_SUM_TOLERANCE", "Block", "RunLayout", "read_blocks", "run_layout"]
+__all__ = ["DEFAULT_BATCH_SAMPLES", "ROW_SUM_TOLERANCE", "Block", "RunLayout", "has_column", "read_blocks", "run_layout"]

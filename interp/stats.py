@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from interp.errors import InterpError, RunError
 from interp.intervals import describe_cells, mark_bold, significance
-from interp.runreader import DEFAULT_BATCH_SAMPLES, Block, RunLayout, read_blocks, run_layout
-from interp.runs import read_meta, run_name, samples_files
+from interp.runreader import DEFAULT_BATCH_SAMPLES, Block, RunLayout, has_column, read_blocks, run_layout
+from interp.runs import read_meta, run_name
 from interp.schema import label_column, p_column
 
 QUANTITIES: tuple[str, ...] = ("r", "pr", "p")
@@ -363,12 +362,12 @@ def compute_global_stats(
     columns = ["split", *[p_column(f) for f in layout.features]]
     if options.group != "all":
         columns += [_member_column(options.group, c) for c in layout.concepts]
-    clustered = options.cluster == "video" and _has_video(path)
+    clustered = options.cluster == "video" and has_column(path, "video")
     if clustered:
         columns.append("video")
     elif options.cluster == "video":
         warnings.append(f"run {name}: no video column: clustering not possible, extract again; the intervals cover samples")
-    columns = [c for c in columns if c != "split" or _has_column(path, "split")]
+    columns = [c for c in columns if c != "split" or has_column(path, "split")]
     acc = _Accumulator(layout, options, clustered)
     for block in read_blocks(path, layout, columns, batch_samples):
         acc.add(block)
@@ -412,14 +411,6 @@ def compute_global_stats(
 
 def _member_column(group: str, concept: str) -> str:
     return label_column(concept) if group == "label" else f"pred_{concept}"
-
-
-def _has_column(run: Path, column: str) -> bool:
-    return all(column in pq.read_schema(p).names for p in samples_files(run))
-
-
-def _has_video(run: Path) -> bool:
-    return _has_column(run, "video")
 
 
 def _warnings(cells: pd.DataFrame, acc: _Accumulator, options: StatsOptions, name: str, column_n: dict[str, int]) -> list[str]:

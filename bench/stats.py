@@ -320,9 +320,9 @@ def _worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(method: str, run: Path, args: argparse.Namespace) -> dict[str, object]:
+def measure(method: str, run: Path, args: argparse.Namespace, entry: str | None = None) -> dict[str, object]:
     """One measurement in a subprocess; its JSON result (or {"error": ...})."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--run", str(run), "--entry", args.entry]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--run", str(run), "--entry", entry or args.entry]
     env = dict(os.environ)
     if args.duckdb_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.duckdb_path, env.get("PYTHONPATH", "")]))
@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row-group-rows", type=int, default=None, help="routing rows per parquet row group (default: RunWriter's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--entry", default="interp.stats:compute_global_stats", help="statistics function module:name, called as f(run)")
+    parser.add_argument("--compare-entry", default=None, help="also time this statistics function (module:name) on the "
+                        "same runs, alternating with --entry --repeat times, e.g. an older interp.stats saved outside the repo")
+    parser.add_argument("--repeat", type=int, default=1, help="timings of --entry (and --compare-entry) per size; the best is kept")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     parser.add_argument("--pandas-max-gb", type=float, default=None, help="skip pandas when it would need more (default: 60%% of available memory)")
     parser.add_argument("--duckdb", choices=["auto", "yes", "no"], default="auto", help="also time DuckDB (auto: when importable)")
@@ -397,7 +400,14 @@ def main(argv: list[str] | None = None) -> int:
             run, wrote = ensure_run(root, n, args)
             size_mb = sum(p.stat().st_size for p in run.glob("*.parquet")) / 2**20
             row: dict[str, object] = {"n": n, "rows": n * 49, "parquet_mb": size_mb, "write_s": wrote}
-            row["interp"] = measure("interp", run, args)
+            timings = []
+            for _ in range(max(1, args.repeat)):
+                timings.append(measure("interp", run, args))
+                if args.compare_entry:
+                    row.setdefault("compare_all", []).append(measure("interp", run, args, args.compare_entry))  # type: ignore[union-attr]
+            row["interp"] = min(timings, key=lambda t: t.get("seconds", float("inf")))  # type: ignore[arg-type,return-value]
+            if args.compare_entry:
+                row["compare"] = min(row.pop("compare_all"), key=lambda t: t.get("seconds", float("inf")))  # type: ignore[arg-type]
             needed_gb = n * 49 * bytes_per_row / 2**30
             if args.no_pandas:
                 row["pandas"] = {"skipped": "--no-pandas"}
@@ -411,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             row["duckdb"] = measure("duckdb", run, args) if with_duckdb else {"skipped": "not installed"}
             row["prototype"] = measure("prototype", run, args) if args.prototype else {"skipped": "--prototype not given"}
             interp_means = row["interp"].get("means", {})  # type: ignore[union-attr]
-            for other in ("pandas", "duckdb", "prototype"):
+            for other in ("pandas", "duckdb", "prototype", "compare"):
                 if "means" in row[other]:  # type: ignore[operator]
                     row[f"{other}_max_diff"] = _max_abs_diff(interp_means, row[other]["means"])  # type: ignore[index]
+            row["repeat"] = max(1, args.repeat)
             rows_out.append(row)
             _print_row(row, header=len(rows_out) == 1)
     finally:
@@ -476,6 +487,11 @@ def _print_notes(rows: list[dict[str, object]]) -> None:
     diffs = [f"{r['n']:,}: {r['pandas_max_diff']:.1e}" for r in rows if "pandas_max_diff" in r]
     if diffs:
         print("max |mean(interp) - mean(pandas)| over the 98 r and p·r cells: " + ", ".join(diffs))
+    for r in rows:
+        if "compare" in r and "seconds" in r["compare"] and "seconds" in r["interp"]:  # type: ignore[operator]
+            a, b = r["interp"]["seconds"], r["compare"]["seconds"]  # type: ignore[index]
+            print(f"n = {r['n']:,}: --entry {a:.3f} s, --compare-entry {b:.3f} s, ratio {a / b:.2f} "
+                  f"(best of {r.get('repeat', 1)}); max |mean difference| {r.get('compare_max_diff', float('nan')):.1e}")
     for other in ("duckdb", "prototype"):
         diffs = [f"{r['n']:,}: {r[other + '_max_diff']:.1e}" for r in rows if other + "_max_diff" in r]
         if diffs:

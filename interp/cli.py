@@ -197,6 +197,8 @@ def _cmd_global(args: argparse.Namespace) -> int:
         out=args.out,
         bootstrap_samples=args.bootstrap_samples,
         seed=args.seed,
+        cluster=args.cluster,
+        ensemble=args.ensemble,
     )
     print(result.render_terminal())
     print(f"global report written to {result.html_path}")
@@ -381,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     global_.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     global_.add_argument("--split", default=None, help="only samples of this split (default: all in the run)")
     global_.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
+    global_.add_argument("--cluster", default="none", choices=["none", "video"],
+                         help="none: intervals over samples (the paper); video: cluster-robust over the samples' videos")
+    global_.add_argument("--ensemble", action="store_true",
+                         help="require the runs to pool into ensembles of at least 2 seeds (same task, data and split); "
+                         "runs of different seeds are pooled anyway when they match")
     global_.set_defaults(func=_cmd_global)
 
     # local

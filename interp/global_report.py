@@ -14,6 +14,10 @@ Files written into ``out`` (default ``reports/<run>/``; with several runs ``repo
   ``.tex``;
 * with the paper's layout, also ``table<k>.md`` / ``table<k>.tex`` for k = 3..7 in ``out``.
 
+Several runs of the same task, data and split trained with different seeds are pooled into an ensemble
+(:mod:`interp.ensemble`; with ``ensemble=True`` every run must pool, else :class:`InterpError` before anything is
+written); runs that do not pool are shown side by side, with the reason in :attr:`GlobalReport.notes`.
+
 Other pages (the full report) reuse the HTML through :func:`render_global_section`.
 """
 
@@ -33,13 +37,16 @@ import pandas as pd
 from interp import __version__
 from interp.html import template_environment
 from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_runs
-from interp.stats import QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
+from interp.ensemble import plan_pooling, pool_seeds, require_ensembles
+from interp.stats import JUDGED, QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
 from interp.tables import (
     LEGEND_PLAIN,
     QUANTITY_NAMES,
     QUANTITY_SYMBOLS,
     TableSpec,
     format_interval,
+    header_label,
+    units_text,
     layout_tables,
     methods_paragraph,
     render_terminal,
@@ -55,18 +62,22 @@ TEMPLATE = "global.html"
 
 @dataclass
 class GlobalReport:
-    """What :func:`run_global` produced: the statistics of each run and the files written."""
+    """What :func:`run_global` produced: the statistics shown (ensembles and unpooled runs), the files written,
+    the single runs (every run given, in order) and why some runs were not pooled (``notes``)."""
 
     results: list[GlobalStats]
     out_dir: Path
     html_path: Path
     files: dict[str, Path] = field(default_factory=dict)
+    singles: list[GlobalStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def render_terminal(self, color: bool | None = None) -> str:
         """The tables as text for the terminal (ANSI styles only when ``color``, default: stdout is a tty)."""
         if color is None:
             color = sys.stdout.isatty()
-        return render_terminal(self.results, color=color)
+        text = render_terminal(self.results, color=color)
+        return "\n".join([text, *(f"not pooled: {note}" for note in self.notes)])
 
     def to_frame(self) -> pd.DataFrame:
         """Every cell of every run (long format)."""
@@ -89,6 +100,8 @@ def run_global(
     bootstrap_samples: int = 2000,
     seed: int = 0,
     *,
+    cluster: str = "none",
+    ensemble: bool = False,
     runs_root: Path | str = DEFAULT_RUNS_ROOT,
     reports_root: Path | str = DEFAULT_REPORTS_ROOT,
     heatmaps: bool = True,
@@ -96,23 +109,41 @@ def run_global(
     """Compute the global statistics of ``runs`` (default: the most recent run under ``runs_root``) and write
     the tables and ``global.html`` into ``out`` (default ``reports_root/<run name>/``).
 
-    Raises :class:`interp.errors.InterpError` (CLI exit 2) on a missing run, bad options or an empty split.
+    ``cluster="video"``: video-clustered intervals; ``ensemble``: every run must pool into ensembles of K >= 2
+    seeds. Raises :class:`interp.errors.InterpError` (CLI exit 2) on a missing run, bad options, an empty split or
+    runs that cannot be pooled when ``ensemble`` is asked for; nothing is written then.
     """
     options = StatsOptions(
         level=level, group=group, interval=interval, correction=correction, split=split, baseline=baseline,
-        bootstrap_samples=bootstrap_samples, seed=seed,
+        bootstrap_samples=bootstrap_samples, seed=seed, cluster=cluster,
     ).validated()
     paths = resolve_runs(runs, runs_root)
-    results = [compute_global_stats(path, options) for path in paths]
+    singles = [compute_global_stats(path, options) for path in paths]
+    results, notes = arrange_results(singles, ensemble)
     out_dir = Path(out) if out is not None else Path(reports_root) / "+".join(stats.name for stats in results)
-    files = write_global_outputs(results, out_dir, heatmaps=heatmaps)
-    return GlobalReport(results=results, out_dir=out_dir, html_path=files["html"], files=files)
+    files = write_global_outputs(results, out_dir, heatmaps=heatmaps, notes=notes)
+    return GlobalReport(results=results, out_dir=out_dir, html_path=files["html"], files=files, singles=singles, notes=notes)
+
+
+def arrange_results(singles: Sequence[GlobalStats], ensemble: bool = False) -> tuple[list[GlobalStats], list[str]]:
+    """The statistics to show: each ensemble of pooled seeds (at its first run's place) and each unpooled run,
+    and the reasons runs were not pooled (none for a single run)."""
+    if not ensemble and len(singles) < 2:
+        return list(singles), []
+    plan = require_ensembles(singles) if ensemble else plan_pooling(singles)
+    placed: list[tuple[int, GlobalStats]] = [(group[0], pool_seeds([singles[k] for k in group])) for group in plan.groups]
+    placed += [(index, singles[index]) for index, _ in plan.alone]
+    notes = [reason for _, reason in plan.alone] if plan.groups or len(singles) > 1 else []
+    if not plan.groups:
+        notes = [] if all("no other seed" in reason for reason in notes) else notes
+    return [stats for _, stats in sorted(placed, key=lambda item: item[0])], notes
 
 
 # ---------------------------------------------------------------------------------------------------- files
 
 
-def write_global_outputs(results: Sequence[GlobalStats], out_dir: Path | str, heatmaps: bool = True) -> dict[str, Path]:
+def write_global_outputs(results: Sequence[GlobalStats], out_dir: Path | str, heatmaps: bool = True,
+                         notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write every table file and ``global.html`` (atomically); returns {label: path}, ``"html"`` included."""
     out_dir = Path(out_dir)
     files: dict[str, Path] = {}
@@ -131,7 +162,7 @@ def write_global_outputs(results: Sequence[GlobalStats], out_dir: Path | str, he
         if spec.number is not None:
             files[f"{spec.key}.md"] = _write(out_dir / f"{spec.key}.md", to_markdown(spec))
             files[f"{spec.key}.tex"] = _write(out_dir / f"{spec.key}.tex", to_latex(spec))
-    files["html"] = _write(out_dir / "global.html", render_global_page(results, heatmaps=heatmaps))
+    files["html"] = _write(out_dir / "global.html", render_global_page(results, heatmaps=heatmaps, notes=notes))
     return files
 
 
@@ -175,6 +206,10 @@ def _cell_view(stats: GlobalStats, quantity: str, row: Any) -> dict[str, Any]:
     if int(row.n) < 2:
         classes.append("no-interval")
     p_text = "" if not np.isfinite(row.p_adjusted) else f", p = {row.p_adjusted:.3g}"
+    seeds = stats.kind == "seeds"
+    if seeds:
+        p_text += (f"; prediction interval for a new seed ({row.pi_low:.3f}, {row.pi_high:.3f}); bold in "
+                   f"{int(row.bold_seeds)} of {stats.units} seeds; single-seed verdict agrees in {int(row.agree_seeds)}")
     std_text = "undefined" if not np.isfinite(row.std) else f"{row.std:.4f}"
     mean_text = "—" if not np.isfinite(row.mean) else f"{row.mean:.4f}"
     return {
@@ -195,7 +230,13 @@ def _cell_view(stats: GlobalStats, quantity: str, row: Any) -> dict[str, Any]:
         "p_value": _number(row.p_value),
         "p_adjusted": _number(row.p_adjusted),
         "significant": row.significant,
-        "title": f"{row.feature} → {row.concept}: mean {mean_text}, sd {std_text}, n {int(row.n)}{p_text}",
+        "kind": row.kind,
+        "units": int(row.units),
+        "seeds": (f"bold {int(row.bold_seeds)}/{stats.units} · agree {int(row.agree_seeds)}/{stats.units}"
+                  if seeds and quantity in JUDGED else ""),
+        "pi_low": _number(row.pi_low) if seeds else "",
+        "pi_high": _number(row.pi_high) if seeds else "",
+        "title": f"{row.feature} → {row.concept}: mean {mean_text}, sd {std_text}, {row.kind} {int(row.units)}{p_text}",
     }
 
 
@@ -226,6 +267,7 @@ def _table_view(spec: TableSpec) -> dict[str, Any]:
         "title": spec.title,
         "groups": groups,
         "grouped": several,
+        "header": header_label(spec.parts[0]),
         "rows": rows,
     }
 
@@ -240,7 +282,7 @@ def heatmap_png(stats: GlobalStats, dpi: int = 110) -> bytes:
 
     frames = {q: stats.values(q, "mean") for q in QUANTITIES}
     bolds = {q: stats.values(q, "bold") for q in QUANTITIES}
-    finite = np.concatenate([f.to_numpy(dtype=float).ravel() for f in frames.values()])
+    finite = np.concatenate([frames[q].to_numpy(dtype=float).ravel() for q in JUDGED])
     finite = finite[np.isfinite(finite)]
     b = stats.baseline
     low = min(float(finite.min()) if finite.size else b, b) - 1e-9
@@ -252,29 +294,32 @@ def heatmap_png(stats: GlobalStats, dpi: int = 110) -> bytes:
     mesh = None
     for axis, quantity in zip(axes[:3], QUANTITIES):
         frame = frames[quantity]
-        sns.heatmap(frame.astype(float), ax=axis, cmap="RdBu_r", norm=norm, annot=True, fmt=".3f",
-                    annot_kws={"fontsize": 7}, cbar=False, linewidths=0.5, linecolor="white")
+        colours = {"cmap": "RdBu_r", "norm": norm} if quantity in JUDGED else {"cmap": "Greys", "vmin": 0.0, "vmax": 1.0}
+        sns.heatmap(frame.astype(float), ax=axis, annot=True, fmt=".3f", annot_kws={"fontsize": 7}, cbar=False,
+                    linewidths=0.5, linecolor="white", **colours)
         bold = bolds[quantity].to_numpy() == True  # noqa: E712 - NaN (no cell) is not bold
         for i, j in zip(*np.nonzero(bold)):
             axis.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black", linewidth=2))
-        axis.set_title(QUANTITY_SYMBOLS[quantity], fontsize=10)
+        axis.set_title(QUANTITY_SYMBOLS[quantity] + ("" if quantity in JUDGED else " (grey: 0 to 1)"), fontsize=10)
         axis.set_xlabel("concept" if quantity != "p" or frame.shape[1] > 1 else "")
         axis.set_ylabel("feature" if quantity == "r" else "")
         axis.tick_params(labelsize=8)
         axis.tick_params(axis="y", rotation=0)
-        mesh = axis.collections[0]
+        if quantity in JUDGED:
+            mesh = axis.collections[0]
     assert mesh is not None
     colorbar = figure.colorbar(mesh, cax=axes[3])
     colorbar.ax.axhline(b, color="black", linewidth=1.5)
     colorbar.set_label(f"mean (baseline 1/J = {b:.3f})", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
-    figure.suptitle(f"Means of run {stats.name} ({stats.task}); outlined: bold cells", fontsize=9)
+    figure.suptitle(f"Means of {'ensemble' if stats.kind == 'seeds' else 'run'} {stats.name} ({stats.task}); "
+                    f"outlined: bold cells", fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def section_view(results: Sequence[GlobalStats], heatmaps: bool = True) -> dict[str, Any]:
+def section_view(results: Sequence[GlobalStats], heatmaps: bool = True, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The data the template's ``global_section`` macro renders (plain dicts and strings)."""
     figures = []
     if heatmaps:
@@ -283,26 +328,30 @@ def section_view(results: Sequence[GlobalStats], heatmaps: bool = True) -> dict[
             figures.append({
                 "src": f"data:image/png;base64,{data}",
                 "alt": f"heatmap of the mean r, p·r and p of run {stats.name}",
-                "caption": (f"Run {stats.name} ({stats.task}): means of r, p·r and p; red above, blue below the "
-                            f"baseline 1/J = {stats.baseline:.3f} (black line on the colour bar); outlined cells are bold."),
+                "caption": (f"{'Ensemble' if stats.kind == 'seeds' else 'Run'} {stats.name} ({stats.task}): means of r "
+                            f"and p·r, red above, blue below the baseline 1/J = {stats.baseline:.3f} (black line on the "
+                            f"colour bar), outlined cells bold; p̄ in grey (an activation: no baseline)."),
             })
     return {
         "tables": [_table_view(spec) for spec in layout_tables(results)],
         "heatmaps": figures,
         "methods": [methods_paragraph(stats) for stats in results],
         "warnings": [w for stats in results for w in stats.warnings],
+        "notes": list(notes),
         "legend": LEGEND_PLAIN,
-        "runs": [{"name": s.name, "task": s.task, "n": s.n_samples, "baseline": f"{s.baseline:.3f}"} for s in results],
+        "runs": [{"name": s.name, "task": s.task, "n": s.n_samples, "baseline": f"{s.baseline:.3f}", "kind": s.kind,
+                  "units": units_text(s), "ensemble": s.kind == "seeds",
+                  "members": ", ".join(m.name for m in s.members)} for s in results],
     }
 
 
-def render_global_section(results: Sequence[GlobalStats], heatmaps: bool = True) -> str:
+def render_global_section(results: Sequence[GlobalStats], heatmaps: bool = True, notes: Sequence[str] = ()) -> str:
     """The ``<section id="global">`` HTML fragment (tables, heatmaps, methods), for reuse in other pages."""
     module = _environment().get_template(TEMPLATE).make_module({})
-    return str(module.global_section(section_view(results, heatmaps=heatmaps)))
+    return str(module.global_section(section_view(results, heatmaps=heatmaps, notes=notes)))
 
 
-def render_global_page(results: Sequence[GlobalStats], heatmaps: bool = True) -> str:
+def render_global_page(results: Sequence[GlobalStats], heatmaps: bool = True, notes: Sequence[str] = ()) -> str:
     """The whole self-contained ``global.html`` page."""
     names = ", ".join(stats.name for stats in results)
     page = {
@@ -311,11 +360,12 @@ def render_global_page(results: Sequence[GlobalStats], heatmaps: bool = True) ->
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "version": __version__,
     }
-    return _environment().get_template(TEMPLATE).render(page=page, view=section_view(results, heatmaps=heatmaps))
+    return _environment().get_template(TEMPLATE).render(page=page, view=section_view(results, heatmaps=heatmaps, notes=notes))
 
 
 __all__ = [
     "GlobalReport",
+    "arrange_results",
     "heatmap_png",
     "render_global_page",
     "render_global_section",

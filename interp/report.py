@@ -112,6 +112,14 @@ HOW_TO_READ: dict[str, str] = {
         "cells lie above it, red below; the bold cell of a column is its most important feature. Hover a cell for "
         "its mean, standard deviation and n."
     ),
+    "retraining": (
+        "The intervals above describe the sample noise of the runs shown. A model retrained with another seed is "
+        "an equally good model whose r̄ table can differ: an ensemble of seeds pools the runs of one task, data and "
+        "split (mean of the seed means, a t interval over seeds with K−1 degrees of freedom, and a prediction "
+        "interval for a new seed). A single-seed verdict survives when the ensemble gives the same verdict. "
+        "Segments of one video are not independent either: the video-clustered intervals show which verdicts rest "
+        "on treating them as independent."
+    ),
     "gallery": (
         "Local explanations of single samples (the paper's Fig. 3). Each thumbnail shows p·r of every feature for "
         "every concept (one concept outlined) and the contributions of the features to the outlined concept's logit. "
@@ -213,7 +221,8 @@ def run_report(
     global tables (CSV, JSON, Markdown, LaTeX and ``global.html``) are written next to the report, as
     `interp global` does. Local pages of the gallery go to ``out/local/`` (``out/local/<run>/`` for several runs).
     """
-    from interp.global_report import render_global_section, write_global_outputs
+    from interp.global_report import arrange_results, render_global_section, write_global_outputs
+    from interp.retraining import retraining_view
     from interp.stats import compute_global_stats
 
     paths = resolve_runs(runs, runs_root)
@@ -224,13 +233,18 @@ def run_report(
         raise InterpError(f"the number of random gallery samples must be at least 0, got {gallery_random}")
     if results is None:
         results = [compute_global_stats(path) for path in paths]
-    elif len(results) != len(paths):
-        raise InterpError(f"got statistics of {len(results)} runs for {len(paths)} runs")
+    else:  # single runs, or what `interp global` showed (seed ensembles stand for their member runs)
+        by_path = {Path(m.run).resolve(): m for s in results for m in (s.members or (s,))}
+        if len(results) != len(paths) and set(by_path) >= {p.resolve() for p in paths}:
+            results = [by_path[p.resolve()] for p in paths]
+        if len(results) != len(paths):
+            raise InterpError(f"got statistics of {len(results)} runs for {len(paths)} runs")
+    shown, notes = arrange_results(results)  # seed ensembles pooled (interp.ensemble), other runs side by side
     out_dir = Path(out) if out is not None else Path(reports_root) / names[0]
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if write_tables:
-        write_global_outputs(results, out_dir)
+        write_global_outputs(shown, out_dir, notes=notes)
 
     several = len(paths) > 1
     sections = []
@@ -252,9 +266,9 @@ def run_report(
             )
         )
 
-    global_html = render_global_section(results)
+    global_html = render_global_section(shown, notes=notes)
     global_html = global_html.replace("</h2>", f'</h2>\n  <p class="howto">{_escape(HOW_TO_READ["global"])}</p>', 1)
-    html = render_report_html(sections, global_html, _links(out_dir))
+    html = render_report_html(sections, global_html, _links(out_dir), retraining=retraining_view(shown, results))
     index = out_dir / INDEX_FILE
     atomic_write_text(index, html)
     return index
@@ -709,9 +723,15 @@ def _glance(section: RunSection) -> dict[str, Any]:
     }
 
 
-def render_report_html(sections: Sequence[RunSection], global_html: str, links: Sequence[dict[str, str]]) -> str:
-    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section)."""
+def render_report_html(sections: Sequence[RunSection], global_html: str, links: Sequence[dict[str, str]],
+                       retraining: dict[str, Any] | None = None) -> str:
+    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section; ``retraining``:
+    :func:`interp.retraining.retraining_view`)."""
     from markupsafe import Markup
+
+    from interp.retraining import glance_lines
+
+    retraining = retraining or {"ensembles": [], "clustering": [], "present": False}
 
     names = ", ".join(s.name for s in sections)
     page = {
@@ -731,6 +751,8 @@ def render_report_html(sections: Sequence[RunSection], global_html: str, links: 
         howto=HOW_TO_READ,
         feature_names=FEATURE_NAMES,
         features=FEATURES,
+        retraining=retraining,
+        retraining_glance=glance_lines(retraining),
     )
 
 

@@ -47,9 +47,16 @@ PAPER_TABLES: dict[tuple[str, str], int] = {
     ("p", "emotion"): 7,
 }
 _BOLD_RULE = "largest mean of its column with the interval above the baseline (the paper's rule)"
-LEGEND = f"**bold**: {_BOLD_RULE}; ⁺ / ⁻: interval wholly above / below the baseline"
+_P_NOTE = "p̄ is an activation, not a share of a feature: its intervals are listed without a 1/J verdict"
+LEGEND = f"**bold**: {_BOLD_RULE}; ⁺ / ⁻: interval wholly above / below the baseline; {_P_NOTE}"
 #: The legend without Markdown marks (HTML pages, where bold cells are bold).
-LEGEND_PLAIN = f"Bold: {_BOLD_RULE}; + / −: interval wholly above / below the baseline"
+LEGEND_PLAIN = f"Bold: {_BOLD_RULE}; + / −: interval wholly above / below the baseline; {_P_NOTE}"
+#: What variance the intervals of each kind cover, for captions.
+KIND_TEXT: dict[str, str] = {
+    "samples": "over samples (one trained model)",
+    "videos": "over videos (cluster-robust: segments of one video are not independent)",
+    "seeds": "over seeds (between retrained models)",
+}
 
 _INTERVAL_NAMES = {"clt": "CLT", "t": "Student t", "bootstrap": "percentile bootstrap"}
 
@@ -106,11 +113,27 @@ class TableSpec:
     number: int | None = None
 
 
+def units_text(stats: "GlobalStats") -> str:
+    """n, G or K with its unit: "n = 752 samples", "G = 31 videos (n = 752)", "K = 5 seeds"."""
+    if stats.kind == "seeds":
+        return f"K = {stats.units} seeds"
+    if stats.kind == "videos":
+        return f"G = {stats.units} videos (n = {stats.n_samples} samples)"
+    return f"n = {stats.n_samples} samples"
+
+
 def _interval_phrase(stats: "GlobalStats") -> str:
     options = stats.options
     level = f"{100 * options.level:g}%"
     correction = "" if options.correction == "none" else f", {options.correction} correction"
-    return f"{level} {_INTERVAL_NAMES[options.interval]} intervals{correction}"
+    name = {"seeds": "between-seed Student t", "videos": "video-clustered CLT"}.get(stats.kind, _INTERVAL_NAMES[options.interval])
+    return f"{level} {name} intervals {KIND_TEXT[stats.kind]}, {units_text(stats)}{correction}"
+
+
+def header_label(stats: "GlobalStats") -> str:
+    """The first header cell of a table: the interval kind and its n (or K)."""
+    units = {"seeds": f"K={stats.units}", "videos": f"G={stats.units}"}.get(stats.kind, f"n={stats.n_samples}")
+    return f"feature (interval over {stats.kind}, {units})"
 
 
 def layout_tables(results: Sequence["GlobalStats"]) -> list[TableSpec]:
@@ -173,7 +196,7 @@ def render_terminal(results: Sequence["GlobalStats"], color: bool = False, width
             suffix = f" — {stats.task}" if len(spec.parts) > 1 else ""
             console.print(Text(spec.title + suffix, style="bold" if color else ""))
             table = Table(show_lines=False)
-            table.add_column("feature", justify="left")
+            table.add_column(header_label(stats), justify="left")
             for column in stats.columns(spec.quantity):
                 table.add_column(column, justify="center")
             frame = stats.quantity_cells(spec.quantity)
@@ -193,7 +216,9 @@ def render_terminal(results: Sequence["GlobalStats"], color: bool = False, width
 
 def _run_header(stats: "GlobalStats") -> str:
     split = f", split {stats.options.split}" if stats.options.split else ""
-    return (f"run {stats.name} ({stats.task}, J = {stats.n_concepts}{split}): n = {stats.n_samples} samples, "
+    what = "ensemble" if stats.kind == "seeds" else "run"
+    per = " per seed" if stats.kind == "seeds" else ""
+    return (f"{what} {stats.name} ({stats.task}, J = {stats.n_concepts}{split}): n = {stats.n_samples} samples{per}, "
             f"baseline 1/J = {stats.baseline:.3f}, group {stats.options.group}, {_interval_phrase(stats)}")
 
 
@@ -231,6 +256,7 @@ def cell_records(stats: "GlobalStats", quantity: str | None = None) -> list[dict
         record = {key: _clean(value) for key, value in row.items()}
         record["bold"] = bool(record["bold"])
         record["n"] = int(record["n"])
+        record["units"] = int(record["units"])
         record["interval"] = format_interval(row["low"], row["high"], int(row["n"]))
         records.append(record)
     return records
@@ -253,6 +279,11 @@ def options_record(stats: "GlobalStats") -> dict[str, Any]:
         "interval": options.interval,
         "correction": options.correction,
         "split": options.split,
+        "cluster": options.cluster,
+        "kind": stats.kind,
+        "units": stats.units,
+        "seeds": (stats.meta or {}).get("seeds") if stats.kind == "seeds" else None,
+        "members": [m.name for m in stats.members] if stats.kind == "seeds" else None,
         "bootstrap_samples": options.bootstrap_samples if options.interval == "bootstrap" else None,
         "seed": options.seed if options.interval == "bootstrap" else None,
         "n_samples": stats.n_samples,
@@ -277,9 +308,10 @@ def to_csv(stats: "GlobalStats", quantity: str | None = None) -> str:
     """Long format, one row per cell, full precision; the ``interval`` column holds the printed text."""
     frame = (stats.cells if quantity is None else stats.quantity_cells(quantity)).copy()
     frame["interval"] = [format_interval(lo, hi, n) for lo, hi, n in zip(frame["low"], frame["high"], frame["n"])]
-    for key in ("level", "group", "interval_kind", "correction"):
-        frame[key] = {"level": stats.options.level, "group": stats.options.group,
-                      "interval_kind": stats.options.interval, "correction": stats.options.correction}[key]
+    interval = "t" if stats.kind == "seeds" else stats.options.interval
+    for key, value in (("level", stats.options.level), ("group", stats.options.group), ("interval_kind", interval),
+                       ("correction", stats.options.correction)):
+        frame[key] = value
     return frame.to_csv(index=False, lineterminator="\n")
 
 
@@ -300,12 +332,14 @@ def to_markdown(spec: TableSpec) -> str:
     """A Markdown (GitHub) pipe table with the title as a caption line, bold cells in ``**``."""
     groups = _column_groups(spec)
     several = len(groups) > 1
-    header = ["feature"] + [f"{stats.task} {c}" if several else c for stats, columns in groups for c in columns]
+    header = [header_label(spec.parts[0])] + [f"{stats.task} {c}" if several else c for stats, columns in groups for c in columns]
     lines = [f"**{spec.title}**", "", "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + [":---:"] * (len(header) - 1)) + "|"]
     for feature, cells in _rows(spec, "markdown"):
         lines.append("| " + " | ".join([feature] + [c.replace("|", "\\|") for c in cells]) + " |")
     first = spec.parts[0]
-    lines += ["", f"Baseline 1/J = {first.baseline:.3f}. {LEGEND}."]
+    verdict = (f"Baseline 1/J = {first.baseline:.3f}. {LEGEND}." if spec.quantity != "p"
+               else f"No baseline: {_P_NOTE}.")
+    lines += ["", verdict]
     return "\n".join(lines) + "\n"
 
 
@@ -331,8 +365,9 @@ def to_latex(spec: TableSpec) -> str:
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        rf"\caption{{{title}. Bold: largest mean of its column with the interval above the baseline "
-        rf"$1/J = {first.baseline:.3f}$; $^{{+}}$/$^{{-}}$: interval wholly above/below the baseline.}}",
+        (rf"\caption{{{title}. Bold: largest mean of its column with the interval above the baseline "
+         rf"$1/J = {first.baseline:.3f}$; $^{{+}}$/$^{{-}}$: interval wholly above/below the baseline.}}"
+         if spec.quantity != "p" else rf"\caption{{{title}. $\bar p_i$ is an activation: no 1/J verdict.}}"),
         rf"\label{{tab:{latex_escape(spec.key)}}}",
         r"\begin{tabular}{l" + "c" * n_columns + "}",
         r"\toprule",
@@ -346,7 +381,7 @@ def to_latex(spec: TableSpec) -> str:
             rules.append(rf"\cmidrule(lr){{{start}-{start + len(columns) - 1}}}")
             start += len(columns)
         lines.append(" ".join(rules))
-    lines.append(" & ".join(["Feature"] + [latex_escape(c) for _, columns in groups for c in columns]) + r" \\")
+    lines.append(" & ".join([latex_escape(header_label(first))] + [latex_escape(c) for _, columns in groups for c in columns]) + r" \\")
     lines.append(r"\midrule")
     for feature, cells in _rows(spec, "latex"):
         lines.append(" & ".join([latex_escape(feature)] + cells) + r" \\")
@@ -372,7 +407,16 @@ def methods_paragraph(stats: "GlobalStats") -> str:
         per = ", ".join(f"{c}: {k}" for c, k in stats.column_n.items())
         who = (f"{stats.n_samples} samples{split} of run {stats.name} ({stats.task}); a sample enters concept j's column only "
                f"if its {kind} label is j (n per column: {per}), and p_i is summarised per concept the same way")
-    if options.interval == "clt":
+    if stats.kind == "seeds":
+        seeds = ", ".join(str(seed) for seed in (stats.meta or {}).get("seeds", []))
+        formula = (f"the between-seed Student t interval m̄ ± t_{{1−α/2, K−1}}·s/√K over K = {stats.units} models trained "
+                   f"with seeds {seeds} (m̄: mean of the seed means, s: their standard deviation), and the prediction "
+                   f"interval for a new seed m̄ ± t·s·√(1 + 1/K); each seed's means come from its run's samples")
+    elif stats.kind == "videos":
+        formula = (f"the video-clustered CLT interval mean ± z·se with z = {norm.ppf(1 - alpha / 2):.3f} and the "
+                   f"cluster-robust se of the mean over G = {stats.units} videos (statsmodels' OLS on a constant with "
+                   f"cov_type='cluster', small-sample factor G/(G−1)): segments of one video are not independent")
+    elif options.interval == "clt":
         formula = (f"the CLT interval mean ± z·s/√n with z = z_{{1−α/2}} = {norm.ppf(1 - alpha / 2):.3f} "
                    f"(the paper's eq. 4)")
     elif options.interval == "t":
@@ -395,6 +439,7 @@ def methods_paragraph(stats: "GlobalStats") -> str:
         f"s (ddof = 1) and {formula}, at level {level}, of the routing coefficient r_ij, of p_i·r_ij, and of the "
         f"activation p_i. Baseline: {baseline}. A cell is significant if its interval lies wholly above or below "
         f"the baseline; a cell is bold if it has the largest mean of its concept column and its interval lies above "
-        f"the baseline (the paper's rule). {correction}"
+        f"the baseline (the paper's rule). p_i is an activation, not a share of a feature, so its intervals carry no "
+        f"verdict. The intervals cover the variance {KIND_TEXT[stats.kind]}. {correction}"
     )
 

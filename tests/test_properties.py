@@ -18,9 +18,7 @@ unit_floats = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, width=64)
 def cell_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of one cell through the streaming path: moments merged over two batches."""
     half = len(values) // 2
-    moments = Moments.of(np.zeros(half, dtype=np.intp), values[:half], 1).merge(
-        Moments.of(np.zeros(len(values) - half, dtype=np.intp), values[half:], 1)
-    )
+    moments = Moments.of(values[:half, None]).merge(Moments.of(values[half:, None]))
     cells = describe_cells(moments, 1 / 7, StatsOptions(level=level))
     return float(cells["mean"].iloc[0]), float(cells["low"].iloc[0]), float(cells["high"].iloc[0])
 

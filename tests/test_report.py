@@ -92,7 +92,8 @@ def independent_cells(run: Path) -> dict[tuple[str, str, str], dict[str, float]]
     cells["bold"] = False
     for (_, _), column in cells.groupby(["quantity", "concept"]):
         top = column["mean"].idxmax()
-        cells.loc[top, "bold"] = bool(cells.loc[top, "low"] > baseline)
+        # p̄ is an activation: no 1/J verdict, never bold (issue 12, §4)
+        cells.loc[top, "bold"] = bool(cells.loc[top, "low"] > baseline) and column["quantity"].iloc[0] != "p"
     for row in cells.itertuples(index=False):
         out[(row.quantity, row.feature, row.concept)] = {
             "mean": row.mean, "std": row.std, "n": row.count, "low": row.low, "high": row.high, "bold": row.bold,

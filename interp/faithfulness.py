@@ -42,6 +42,7 @@ from interp.data import load_dataset, targets
 from interp.errors import InterpError, RunError
 from interp.extract import select_source
 from interp.faithfulness_stats import (
+    FAITHFULNESS_FILE,
     ORDERS,
     STAGES,
     deletion_curves,
@@ -58,7 +59,6 @@ from interp.runs import atomic_write_bytes, atomic_write_text, resolve_run, samp
 from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
 from interp.train import LoadedModel, check_compatible, load_checkpoint, resolve_data_path, resolve_device
 
-FAITHFULNESS_FILE = "faithfulness.json"
 FORMAT = "interp-faithfulness"
 N_FEATURES = len(FEATURES)
 N_COALITIONS = 1 << N_FEATURES

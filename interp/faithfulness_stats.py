@@ -14,6 +14,8 @@ from scipy import stats as sps
 
 from interp.metrics import task_metrics
 
+#: The file `interp faithfulness` writes (into the run folder with ``--run``); `interp report` looks for it.
+FAITHFULNESS_FILE = "faithfulness.json"
 #: Deletion orders: (a) routing importance p·r, (b) |contribution|, (c) reverse of (a), (d) random (mean of R draws).
 ORDERS: tuple[str, ...] = ("routing", "contribution", "reverse", "random")
 ORDER_LABELS: dict[str, str] = {

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from interp import __version__
 from interp.html import template_environment
 from interp.errors import InterpError, RunError
+from interp.faithfulness_report import HOW_TO_READ as FAITHFULNESS_HOW_TO_READ, faithfulness_views
 from interp.metrics import HEADLINE, task_metrics
 from interp.runs import (
     DEFAULT_REPORTS_ROOT,
@@ -248,7 +249,7 @@ def run_report(
 
     global_html = render_global_section(results)
     global_html = global_html.replace("</h2>", f'</h2>\n  <p class="howto">{_escape(HOW_TO_READ["global"])}</p>', 1)
-    html = render_report_html(sections, global_html, _links(out_dir))
+    html = render_report_html(sections, global_html, _links(out_dir), faithfulness=faithfulness_views(paths, names))
     index = out_dir / INDEX_FILE
     atomic_write_text(index, html)
     return index
@@ -697,8 +698,12 @@ def _glance(section: RunSection) -> dict[str, Any]:
     }
 
 
-def render_report_html(sections: Sequence[RunSection], global_html: str, links: Sequence[dict[str, str]]) -> str:
-    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section)."""
+def render_report_html(sections: Sequence[RunSection], global_html: str, links: Sequence[dict[str, str]],
+                       faithfulness: Sequence[dict[str, Any]] = ()) -> str:
+    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section).
+
+    ``faithfulness``: views of :func:`interp.faithfulness_report.faithfulness_views` (section shown when non-empty).
+    """
     from markupsafe import Markup
 
     names = ", ".join(s.name for s in sections)
@@ -719,6 +724,8 @@ def render_report_html(sections: Sequence[RunSection], global_html: str, links: 
         howto=HOW_TO_READ,
         feature_names=FEATURE_NAMES,
         features=FEATURES,
+        faithfulness=list(faithfulness),
+        faithfulness_howto=FAITHFULNESS_HOW_TO_READ,
     )
 
 

@@ -112,6 +112,7 @@ def run_demo(
 def _run_demo(out: Path, quick: bool, device: str, progress: bool) -> Path:
     from interp.evaluate import evaluate
     from interp.extract import extract
+    from interp.faithfulness import run_faithfulness
     from interp.global_report import run_global
     from interp.report import run_report
     from interp.synth import write_synthetic
@@ -173,6 +174,10 @@ def _run_demo(out: Path, quick: bool, device: str, progress: bool) -> Path:
                 progress=progress)
         for spec in tasks
     ]
+    for spec, run in zip(tasks, runs):
+        if spec.task == "sentiment":  # faithfulness checks into the run folder, so the report shows the section
+            faith = run_faithfulness(checkpoints[spec.task], run=run, device=device, progress=False)
+            note(f"faithfulness ({spec.task}): {faith.verdicts['deletion']}")
     done()
 
     report_dir = out / "reports" / REPORT_NAME

@@ -176,12 +176,12 @@ def route(
     """
     if iterations < 0:
         raise InterpError(f"routing iterations must be >= 0, got {iterations}")
+    if keep is not None and (keep.dim() not in (2, 3) or keep.shape[0] != p.shape[0] or keep.shape[-1] != p.shape[1]):
+        raise InterpError(f"keep mask must be (B, {p.shape[1]}) or (B, S, {p.shape[1]}), got {tuple(keep.shape)}")
     n_concepts = W.shape[2]
     votes = torch.einsum("bif,ifjc->bijc", f, W)
     routed = votes
     if keep is not None:
-        if keep.dim() not in (2, 3) or keep.shape[0] != p.shape[0] or keep.shape[-1] != p.shape[1]:
-            raise InterpError(f"keep mask must be (B, {p.shape[1]}) or (B, S, {p.shape[1]}), got {tuple(keep.shape)}")
         keep = keep.to(device=votes.device, dtype=votes.dtype)
         if keep.dim() == 3:  # S coalitions per sample: broadcast the votes and p over them
             routed, p = votes.unsqueeze(1), p.unsqueeze(1)

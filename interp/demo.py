@@ -8,7 +8,8 @@ planted feature. Steps (each prints one progress line when ``progress``):
    → ``<out>/data/synth-<task>.pkl`` (+ ``.planted.json``);
 2. training (:func:`interp.train.train`) → ``<out>/models/<task>.pt``;
 3. test metrics (:func:`interp.evaluate.evaluate`) → ``<out>/models/<task>.eval-test.json``;
-4. extraction of the test split (:func:`interp.extract.extract`) → ``<out>/runs/synth-<task>-test/``;
+4. extraction of the test split (:func:`interp.extract.extract`) → ``<out>/runs/synth-<task>-test/``, and the
+   faithfulness checks of the sentiment run into its folder (:func:`interp.faithfulness.run_faithfulness`);
 5. global statistics of both runs, laid out as the paper's Tables 3–7 (:func:`interp.global_report.run_global`)
    → ``<out>/reports/synth/``;
 6. local explanations and the report (:func:`interp.report.run_report`) → ``<out>/reports/synth/index.html``.

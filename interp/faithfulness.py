@@ -55,7 +55,7 @@ from interp.faithfulness_stats import (
 from interp.metrics import HEADLINE
 from interp.model import RoutingModel, route
 from interp.progress import progress_bar
-from interp.runs import atomic_write_bytes, atomic_write_text, resolve_run, samples_files
+from interp.runs import atomic_write_bytes, atomic_write_text, read_meta, resolve_run, samples_files
 from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
 from interp.train import LoadedModel, check_compatible, load_checkpoint, resolve_data_path, resolve_device
 
@@ -308,8 +308,21 @@ def write_outputs(result: FaithfulnessResult, out_dir: Path | str) -> Path:
         atomic_write_bytes(out_dir / f"faithfulness_{name}.parquet", buffer.getvalue())
         atomic_write_text(out_dir / f"faithfulness_{name}.csv", frame.to_csv(index=False))
     result.out_dir = out_dir
-    atomic_write_text(out_dir / FAITHFULNESS_FILE, json.dumps(result.summary, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out_dir / FAITHFULNESS_FILE, json.dumps(_strict(result.summary), indent=2, allow_nan=False) + "\n")
     return out_dir / FAITHFULNESS_FILE
+
+
+def _strict(value: Any) -> Any:
+    """A copy with every non-finite float replaced by None (strict JSON; read back as NaN by the report)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _check_run_logits(run: Path, ids: list[str], logits: np.ndarray, concepts: list[str]) -> float:
@@ -335,13 +348,14 @@ def run_faithfulness(ckpt: Path | str, data: Path | str | None = None, split: st
     started = time.perf_counter()
     torch_device = resolve_device(device)
     loaded = load_checkpoint(ckpt, torch_device)
-    meta = None
     if run is not None:
         run = resolve_run(run)
-        meta = json.loads((run / "meta.json").read_text())
+        meta = read_meta(run)
         if meta.get("checkpoint_sha256") != loaded.sha256:
             raise RunError(f"run {run} was extracted with another checkpoint than {ckpt} (SHA-256 differs); "
                            f"pass the run of this checkpoint or drop --run")
+        if split is not None and meta.get("split") and split != meta["split"]:
+            raise RunError(f"run {run} holds the {meta['split']} split, not {split}; drop --split or --run")
         split = split or meta.get("split")
         if data is None and meta.get("data") and Path(meta["data"]).is_file():
             data = meta["data"]
@@ -357,6 +371,10 @@ def run_faithfulness(ckpt: Path | str, data: Path | str | None = None, split: st
     result.summary.update(data=str(dataset.path), data_sha256=dataset.sha256, split=source.name)
     if run is not None:
         diff = _check_run_logits(run, result.ids, result.kept_logits, loaded.concepts)
+        tolerance = 5e-2 if meta.get("amp") else 1e-4  # a bf16 extraction rounds the encoders
+        if not diff <= tolerance:
+            raise RunError(f"run {run} stores logits that differ from this checkpoint's on {data or 'its data'} by "
+                           f"{diff:.2g}; pass the data the run was extracted from with --data")
         result.summary["checks"]["identity"]["max_abs_logit_vs_run"] = diff
         result.summary["run"] = str(run)
     result.summary["seconds"] = time.perf_counter() - started

@@ -54,9 +54,21 @@ def read_faithfulness(run: Path | str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _nan_for_null(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError) as error:
         raise RunError(f"{path} cannot be read ({error}); run `interp faithfulness --run {run}` again") from None
+
+
+_NUMBER_KEYS = frozenset({"estimate", "low", "high", "std", "trained", "uniform", "baseline"})
+
+
+def _nan_for_null(value: Any) -> Any:
+    """faithfulness.json stores non-finite numbers as null; numeric fields come back as NaN."""
+    if isinstance(value, dict):
+        return {k: (float("nan") if v is None and k in _NUMBER_KEYS else _nan_for_null(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
 
 
 def _png(fig: Any) -> str:

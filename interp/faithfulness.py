@@ -168,6 +168,15 @@ class FaithfulnessResult:
         return None if self.out_dir is None else self.out_dir / FAITHFULNESS_FILE
 
 
+def _batch_inputs(part: Any, rows: slice, device: torch.device) -> list[Tensor]:
+    """The encoder inputs of rows of a split: ``[text (B,T_t,d_t), audio, vision]`` float32 on ``device``.
+
+    Every encoder call of this module takes ``model.features(*inputs)``: the one place to add padding lengths.
+    """
+    return [torch.as_tensor(np.asarray(getattr(part, m)[rows]), dtype=torch.float32, device=device)
+            for m in ("text", "audio", "vision")]
+
+
 def _per_sample(loaded: LoadedModel, parts: list, device: torch.device, batch_size: int, seed: int,
                 progress: bool) -> dict[str, Any]:
     """One pass over the samples: every per-sample array the four checks need (numpy, float64)."""
@@ -182,8 +191,7 @@ def _per_sample(loaded: LoadedModel, parts: list, device: torch.device, batch_si
         for part in parts:
             for start in range(0, part.n, batch_size):
                 rows = slice(start, min(start + batch_size, part.n))
-                inputs = [torch.as_tensor(np.asarray(getattr(part, m)[rows]), dtype=torch.float32, device=device)
-                          for m in ("text", "audio", "vision")]
+                inputs = _batch_inputs(part, rows, device)
                 f, p = model.features(*inputs)
                 full = routing_head(f, p, model.W, model.o, it)
                 values = {"logits": full.logits, "p": p, "r": full.r, "contribution": full.contributions,

@@ -8,7 +8,8 @@ planted feature. Steps (each prints one progress line when ``progress``):
    → ``<out>/data/synth-<task>.pkl`` (+ ``.planted.json``);
 2. training (:func:`interp.train.train`) → ``<out>/models/<task>.pt``;
 3. test metrics (:func:`interp.evaluate.evaluate`) → ``<out>/models/<task>.eval-test.json``;
-4. extraction of the test split (:func:`interp.extract.extract`) → ``<out>/runs/synth-<task>-test/``;
+4. extraction of the test split (:func:`interp.extract.extract`) → ``<out>/runs/synth-<task>-test/``, and the
+   faithfulness checks of the sentiment run into its folder (:func:`interp.faithfulness.run_faithfulness`);
 5. global statistics of both runs, laid out as the paper's Tables 3–7 (:func:`interp.global_report.run_global`)
    → ``<out>/reports/synth/``;
 6. local explanations and the report (:func:`interp.report.run_report`) → ``<out>/reports/synth/index.html``.
@@ -112,6 +113,7 @@ def run_demo(
 def _run_demo(out: Path, quick: bool, device: str, progress: bool) -> Path:
     from interp.evaluate import evaluate
     from interp.extract import extract
+    from interp.faithfulness import run_faithfulness
     from interp.global_report import run_global
     from interp.report import run_report
     from interp.synth import write_synthetic
@@ -173,6 +175,10 @@ def _run_demo(out: Path, quick: bool, device: str, progress: bool) -> Path:
                 progress=progress)
         for spec in tasks
     ]
+    for spec, run in zip(tasks, runs):
+        if spec.task == "sentiment":  # faithfulness checks into the run folder, so the report shows the section
+            faith = run_faithfulness(checkpoints[spec.task], run=run, device=device, progress=False)
+            note(f"faithfulness ({spec.task}): {faith.verdicts['deletion']}")
     done()
 
     report_dir = out / "reports" / REPORT_NAME

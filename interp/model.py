@@ -144,7 +144,9 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def route(f: Tensor, p: Tensor, W: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
+def route(
+    f: Tensor, p: Tensor, W: Tensor, iterations: int, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Multimodal routing (paper Procedure 1), batched over samples, features and concepts.
 
     Args:
@@ -152,9 +154,14 @@ def route(f: Tensor, p: Tensor, W: Tensor, iterations: int) -> tuple[Tensor, Ten
         p: feature activations in [0, 1], ``(B, 7)``.
         W: routing weights ``(7, d_f, J, d_c)``.
         iterations: number of routing iterations; 0 means no routing (the ``gam`` baseline).
+        keep: optional 0/1 mask of the features to keep, ``(B, 7)``, or ``(B, S, 7)`` for ``S`` coalitions per
+            sample in one call. A removed feature (0) is dropped from every sum of the routing, the uniform
+            starting concepts included (its ``p_i`` acts as 0 everywhere). Removing all 7 gives concepts = 0,
+            hence logits = 0 (and r = 1/J). ``None`` keeps every feature.
 
     Returns:
-        ``(concepts (B, J, d_c), r (B, 7, J), votes (B, 7, J, d_c))`` with ``votes[b, i, j] = f_i W_ij``.
+        ``(concepts (B, J, d_c), r (B, 7, J), votes (B, 7, J, d_c))`` with ``votes[b, i, j] = f_i W_ij``; with a
+        ``(B, S, 7)`` mask, concepts are ``(B, S, J, d_c)`` and r ``(B, S, 7, J)`` (votes do not depend on it).
 
     With ``iterations >= 1``: concepts start from uniform weights ``c_j = sum_i (1/J) u_ij`` (not weighted
     by p, as in DESIGN.md); each iteration computes ``s_ij = <u_ij, c_j> / sqrt(d_c)``,
@@ -169,25 +176,36 @@ def route(f: Tensor, p: Tensor, W: Tensor, iterations: int) -> tuple[Tensor, Ten
     """
     if iterations < 0:
         raise InterpError(f"routing iterations must be >= 0, got {iterations}")
+    if keep is not None and (keep.dim() not in (2, 3) or keep.shape[0] != p.shape[0] or keep.shape[-1] != p.shape[1]):
+        raise InterpError(f"keep mask must be (B, {p.shape[1]}) or (B, S, {p.shape[1]}), got {tuple(keep.shape)}")
     n_concepts = W.shape[2]
     votes = torch.einsum("bif,ifjc->bijc", f, W)
+    routed = votes
+    if keep is not None:
+        keep = keep.to(device=votes.device, dtype=votes.dtype)
+        if keep.dim() == 3:  # S coalitions per sample: broadcast the votes and p over them
+            routed, p = votes.unsqueeze(1), p.unsqueeze(1)
+        p = p * keep
     if iterations == 0:
-        r = torch.full(votes.shape[:3], 1.0 / n_concepts, dtype=votes.dtype, device=votes.device)
-        return _weighted_sum(p, r, votes), r, votes
+        r = torch.full((*p.shape, n_concepts), 1.0 / n_concepts, dtype=votes.dtype, device=votes.device)
+        return _weighted_sum(p, r, routed), r, votes
     scale = 1.0 / math.sqrt(W.shape[3])
-    concepts = votes.sum(dim=1) / n_concepts
+    if keep is None:
+        concepts = votes.sum(dim=1) / n_concepts
+    else:
+        concepts = (keep.unsqueeze(-1).unsqueeze(-1) * routed).sum(dim=-3) / n_concepts
     for _ in range(iterations):
         # <u_ij, c_j> as a broadcast product and sum: the same batched operation as
         # einsum("bijc,bjc->bij"), about 6x faster on CPU (einsum routes it through a slow bmm)
-        s = (votes * concepts.unsqueeze(1)).sum(-1) * scale
+        s = (routed * concepts.unsqueeze(-3)).sum(-1) * scale
         r = torch.softmax(s, dim=-1)
-        concepts = _weighted_sum(p, r, votes)
+        concepts = _weighted_sum(p, r, routed)
     return concepts, r, votes
 
 
 def _weighted_sum(p: Tensor, r: Tensor, votes: Tensor) -> Tensor:
-    """``c_j = sum_i p_i r_ij u_ij``: p ``(B, 7)``, r ``(B, 7, J)``, votes ``(B, 7, J, d_c)`` -> ``(B, J, d_c)``."""
-    return ((p.unsqueeze(-1) * r).unsqueeze(-1) * votes).sum(dim=1)
+    """``c_j = sum_i p_i r_ij u_ij``: p ``(..., 7)``, r ``(..., 7, J)``, votes ``(..., 7, J, d_c)`` -> ``(..., J, d_c)``."""
+    return ((p.unsqueeze(-1) * r).unsqueeze(-1) * votes).sum(dim=-3)
 
 
 # --------------------------------------------------------------------------------------------------

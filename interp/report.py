@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from interp import __version__
 from interp.html import template_environment
 from interp.errors import InterpError, RunError
+from interp.faithfulness_report import HOW_TO_READ as FAITHFULNESS_HOW_TO_READ, faithfulness_views
 from interp.metrics import HEADLINE, task_metrics
 from interp.modality_labels import modality_label_view
 from interp.runs import (
@@ -268,7 +269,8 @@ def run_report(
 
     global_html = render_global_section(shown, notes=notes)
     global_html = global_html.replace("</h2>", f'</h2>\n  <p class="howto">{_escape(HOW_TO_READ["global"])}</p>', 1)
-    html = render_report_html(sections, global_html, _links(out_dir), retraining=retraining_view(shown, results))
+    html = render_report_html(sections, global_html, _links(out_dir), retraining=retraining_view(shown, results),
+                              faithfulness=faithfulness_views(paths, names))
     index = out_dir / INDEX_FILE
     atomic_write_text(index, html)
     return index
@@ -724,9 +726,13 @@ def _glance(section: RunSection) -> dict[str, Any]:
 
 
 def render_report_html(sections: Sequence[RunSection], global_html: str, links: Sequence[dict[str, str]],
-                       retraining: dict[str, Any] | None = None) -> str:
-    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section; ``retraining``:
-    :func:`interp.retraining.retraining_view`)."""
+                       retraining: dict[str, Any] | None = None,
+                       faithfulness: Sequence[dict[str, Any]] = ()) -> str:
+    """The whole report page (autoescaped; ``global_html`` is the already-rendered global section).
+
+    ``retraining``: :func:`interp.retraining.retraining_view`; ``faithfulness``: views of
+    :func:`interp.faithfulness_report.faithfulness_views` (section shown when non-empty).
+    """
     from markupsafe import Markup
 
     from interp.retraining import glance_lines
@@ -753,6 +759,8 @@ def render_report_html(sections: Sequence[RunSection], global_html: str, links: 
         features=FEATURES,
         retraining=retraining,
         retraining_glance=glance_lines(retraining),
+        faithfulness=list(faithfulness),
+        faithfulness_howto=FAITHFULNESS_HOW_TO_READ,
     )
 
 

@@ -77,6 +77,13 @@ def test_quick_demo_report_has_every_section(quick_demo: tuple[Path, Path, str])
     assert "learning rate 0.001 (paper default: 0.0001" in text and "learning rate 0.001 (paper default: 1e-05" in text
 
 
+def test_quick_demo_report_shows_faithfulness(quick_demo: tuple[Path, Path, str]) -> None:
+    out, index, _ = quick_demo
+    assert (out / "runs" / "synth-sentiment-test" / "faithfulness.json").is_file()
+    text = index.read_text(encoding="utf-8")
+    assert 'id="faithfulness"' in text and text.count('data-check="') == 4
+
+
 def test_demo_settings() -> None:
     assert demo_settings(True) is QUICK and demo_settings(False) is FULL
     assert QUICK.n_train < FULL.n_train and QUICK.d_model <= FULL.d_model

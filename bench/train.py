@@ -10,8 +10,8 @@ Both run in one process, interleaved repetition by repetition, on random MOSEI-s
   run), new path at the authors' configuration (encoder dropouts 0.0, concept dropout 0.5).
 * ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
 
-Then ``interp extract`` end to end on a synthetic test split of the same shape, against the new forward-only rate:
-the extraction overhead. Times are the median over ``--reps``; ``uptime``'s load average is printed (the machine
+Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
+the same samples with the same checkpoint (interleaved): the extraction overhead. Times are the median over ``--reps``; ``uptime``'s load average is printed (the machine
 may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
 [--reps 3] [--device cpu|cuda|auto] [--quick] [--json PATH]``.
 """
@@ -90,11 +90,16 @@ def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, a
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def extraction_rate(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path) -> float:
-    """``interp extract`` samples/s on a synthetic test split of ``n`` samples (second run; the first warms up)."""
+def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
+                        reps: int) -> tuple[float, float]:
+    """(``interp extract`` samples/s, forward-only samples/s) on a synthetic test split of ``n`` samples.
+
+    Interleaved: each repetition runs the forward-only pass over the same ``n`` samples (the checkpoint's model,
+    eval, ``inference_mode``, batches of ``batch``) and then ``interp extract``; one warm-up of each; medians.
+    """
     from interp.extract import extract
     from interp.synth import write_synthetic
-    from interp.train import train
+    from interp.train import load_checkpoint, train
 
     data = workdir / f"data-{n}-{seq_len}.pkl"
     if not data.exists():
@@ -102,13 +107,23 @@ def extraction_rate(config_size: dict, n: int, seq_len: int, batch: int, device:
     ckpt = workdir / f"model-{config_size['d_model']}-{config_size['n_layers']}.pt"
     if not ckpt.exists():
         train(data, ckpt, epochs=1, device="cpu", progress=False, **config_size)
-    rates = []
-    for i in range(2):
+    model = load_checkpoint(ckpt, device).model
+    x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
+    fwd, ext = [], []
+    for i in range(reps + 1):
+        _sync(torch.device(device))
         start = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, n, batch):
+                model(*(t[s : s + batch] for t in x))
+        _sync(torch.device(device))
+        mid = time.perf_counter()
         extract(ckpt, data, split="test", out=workdir / f"run-{i}", batch_size=batch, device=device, force=True,
                 progress=False)
-        rates.append(n / (time.perf_counter() - start))
-    return rates[-1]
+        if i:
+            fwd.append(n / (mid - start))
+            ext.append(n / (time.perf_counter() - mid))
+    return statistics.median(ext), statistics.median(fwd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seq-len", type=int, default=20)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (cpu, plus cuda when present)")
+    parser.add_argument("--phases", default="train,forward", help="rows to time (default: %(default)s)")
     parser.add_argument("--no-extract", action="store_true", help="skip the extraction-overhead rows")
+    parser.add_argument("--extract-n", default="default=4096,paper=512",
+                        help="test-split samples of the extraction rows per model (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="default model, B = 32, 1 rep")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -154,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                                    for name, m in {**olds, "new": new}.items()}
                     fwd_paths = {"old": ("forward", olds["old drop 0.0"], None), "new": ("forward", new, None)}
                     for phase, paths in (("train", train_paths), ("forward", fwd_paths)):
+                        if phase not in args.phases.split(","):
+                            continue
                         ms = time_paths(paths, x, y, reps, device, amp)
                         for name, value in ms.items():
                             ratio = ms["old drop 0.0" if phase == "train" else "old"] / ms["new"]
@@ -165,20 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"{row['device']:<12} {size_name:<8} {batch:>4} {phase:<8} {name:<16} "
                                   f"{value:>10.1f} {row['samples_s']:>10.1f} {r}", flush=True)
     if not args.no_extract:
-        print("\nextraction overhead: forward-only samples/s (new path, eval, inference_mode) / interp extract samples/s")
+        print("\nextraction overhead: forward-only samples/s / interp extract samples/s (interleaved, B = 256)")
         with tempfile.TemporaryDirectory() as tmp:
             for size_name in models:
-                n = 512 if size_name == "default" else 256
-                batch = 256
-                rate = extraction_rate(SIZES[size_name], n, args.seq_len, batch, "cpu", Path(tmp))
-                fwd = [r for r in rows if r["device"] == "cpu/fp32" and r["model"] == size_name
-                       and r["phase"] == "forward" and r["path"] == "new" and r["batch"] == batch]
-                if not fwd:
-                    continue
-                limit = fwd[0]["samples_s"]
-                rows.append(dict(device="cpu/fp32", model=size_name, batch=batch, phase="extract", path="interp extract",
-                                 samples_s=rate, forward_samples_s=limit, overhead=limit / rate))
-                print(f"cpu  {size_name:<8} B={batch}: extract {rate:.1f} samples/s, forward-only {limit:.1f} "
+                n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
+                rate, limit = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, "cpu", Path(tmp), reps)
+                rows.append(dict(device="cpu/fp32", model=size_name, batch=256, n=n, phase="extract",
+                                 extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate))
+                print(f"cpu/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only {limit:.1f} "
                       f"samples/s, overhead x{limit / rate:.2f}", flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from interp.data import Dataset, Split, get_split, input_dims, load_dataset, targets
 from interp.errors import InterpError
@@ -202,10 +203,12 @@ def train_vectorised(
 
 
 def _quiet(fn: Any) -> Any:
-    """``fn`` without torch's warning that SDPA's CPU kernel has no vmap batching rule (it loops over the seeds)."""
+    """``fn`` with SDPA on its math backend, which vmap batches; the fused CPU kernel has no batching rule and
+    would run once per seed (measured: the math backend makes a vectorised step ~20% faster on CPU, while for one
+    model the fused kernel is faster). torch's warning about the missing rule is silenced."""
 
     def call(*args: Any) -> Any:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
             return fn(*args)
 

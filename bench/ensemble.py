@@ -1,15 +1,16 @@
 """K seeds trained as one vectorised model (interp.ensemble_train) against K sequential ``interp.train`` runs.
 
 Same data, seeds, settings and number of epochs on both sides; early stopping is off (patience above the epochs)
-so both sides do the same work. Prints the wall time of each side and the ratio, and the load average (the
-machine may be shared). Usage: ``python bench/ensemble.py [--k 5] [--epochs 2] [--n-train 512] [--model default]
-[--threads 1] [--device cpu]``.
+so both sides do the same work. Prints the wall time (median of interleaved repetitions) of each side, the
+ratio, and the load average (the machine may be shared). Usage: ``python bench/ensemble.py [--k 5] [--epochs 2] [--n-train 512] [--model default]
+[--threads 1] [--device cpu] [--reps 2]``. Medians of interleaved repetitions.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", choices=list(SIZES))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions (median; default %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = list(range(args.k))
@@ -49,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         data = write_synthetic(root / "d.pkl", n_train=args.n_train, n_valid=args.n_train // 4, n_test=16,
                                seq_len=args.seq_len, dims=(300, 74, 35), seed=0).data_path
         train(data, root / "warm.pt", seed=99, **{**settings, "epochs": 1})  # warm-up (allocations, imports)
-        start = time.perf_counter()
-        for s in seeds:
-            train(data, root / f"s{s}.pt", seed=s, **settings)
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        train_vectorised(data, [root / f"v{s}.pt" for s in seeds], seeds, **settings)
-        vectorised = time.perf_counter() - start
+        seq_times, vec_times = [], []
+        for _ in range(args.reps):  # interleaved: the machine may be shared, so load changes hit both sides
+            start = time.perf_counter()
+            for s in seeds:
+                train(data, root / f"s{s}.pt", seed=s, **settings)
+            seq_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            train_vectorised(data, [root / f"v{s}.pt" for s in seeds], seeds, **settings)
+            vec_times.append(time.perf_counter() - start)
+        sequential, vectorised = statistics.median(seq_times), statistics.median(vec_times)
+    print(f"sequential runs s: {[round(t, 1) for t in seq_times]}, vectorised s: {[round(t, 1) for t in vec_times]}")
     print(f"{'K':>3} {'sequential s':>13} {'vectorised s':>13} {'one model s':>12} {'seq/vec':>8} {'vec/one':>8}")
     print(f"{args.k:>3} {sequential:>13.1f} {vectorised:>13.1f} {sequential / args.k:>12.1f} "
           f"{sequential / vectorised:>8.2f} {vectorised / (sequential / args.k):>8.2f}")

@@ -11,8 +11,8 @@ Both run in one process, interleaved repetition by repetition, on random MOSEI-s
 * ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
 
 Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
-the same samples with the same checkpoint (interleaved): the extraction overhead. Times are the median over ``--reps``; ``uptime``'s load average is printed (the machine
-may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
+the same samples with the same checkpoint (interleaved): the extraction overhead. Times are the median over
+``--reps``; the load average is printed (the machine may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
 [--reps 3] [--device cpu|cuda|auto] [--quick] [--json PATH]``.
 """
 

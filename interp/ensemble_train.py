@@ -92,6 +92,8 @@ def train_vectorised(
             raise InterpError(f"output {out} is a folder; pass a file name such as {out / 'model.pt'}")
     dataset = dataset if dataset is not None else load_dataset(data_path)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
+    if any(getattr(s, "lengths", None) is not None for s in (train_split, valid_split)):
+        raise InterpError("padded sequences are not supported by the vectorised engine yet; train the seeds one by one")
     torch_device = resolve_device(device)
     learning_rate = lr if lr is not None else DEFAULT_LR[task]
     config = ModelConfig(  # validates every value, dropouts included

@@ -80,8 +80,12 @@ class OldCrossModalEncoder(nn.Module):
         return self.norm(x)
 
 
-def _old_encode(self: RoutingModel, text: Tensor, audio: Tensor, vision: Tensor) -> Tensor:
-    """The old ``RoutingModel.encode``: full sequences through every layer, then the last step."""
+def _old_encode(
+    self: RoutingModel, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
+) -> Tensor:
+    """The old ``RoutingModel.encode``: full sequences through every layer, then the last step (no padding masks)."""
+    if lengths is not None:
+        raise ValueError("the old encoder path has no padding masks; pass lengths=None")
     self._check_inputs(text, audio, vision)
     x = [emb(m) for emb, m in zip(self.embed, (text, audio, vision))]
     unimodal = [enc(xm)[:, -1] for enc, xm in zip(self.self_encoders, x)]

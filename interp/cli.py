@@ -139,6 +139,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         d_feature=args.d_feature,
         d_concept=args.d_concept,
         concept_dropout=args.dropout,
+        embed_dropout=args.embed_dropout,
+        attn_dropout=args.attn_dropout,
+        relu_dropout=args.relu_dropout,
+        res_dropout=args.res_dropout,
         grad_clip=args.grad_clip,
         resume=args.resume,
         progress=not args.quiet,
@@ -330,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-layers", type=_positive_int, default=2, help="encoder layers (paper size: 7)")
     train.add_argument("--d-feature", type=_positive_int, default=64, help="d_f (paper: 64)")
     train.add_argument("--d-concept", type=_positive_int, default=64, help="d_c (paper: 64)")
-    train.add_argument("--dropout", type=float, default=0.5, help="dropout on concepts (paper: 0.5)")
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout on concepts (paper and authors' run: 0.5)")
+    for name, what in (("embed", "on the input embeddings"), ("attn", "on the attention weights"),
+                       ("relu", "inside the encoders' feed-forward"), ("res", "on the encoders' residual branches")):
+        train.add_argument(f"--{name}-dropout", type=float, default=0.0,
+                           help=f"dropout {what} (default %(default)s, the authors' released run; MulT's defaults: "
+                                f"attn 0.1, relu 0.1, embed 0.25, res 0.1)")
     train.add_argument("--grad-clip", type=_positive_float, default=1.0)
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved training state")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from interp.errors import CheckpointError, InterpError
 from interp.schema import FEATURES, VARIANTS
@@ -45,6 +46,11 @@ class ModelConfig:
 
     ``input_dims`` are the (text, audio, vision) feature dims of the data; ``n_concepts`` is ``J``.
     ``routing_iterations`` overrides the variant's default (routing 2, routing1 1, gam 0) when not None.
+    Dropouts: ``concept_dropout`` on the concepts before the logits (paper: 0.5); in the encoders
+    ``embed_dropout`` (after the input embedding), ``attn_dropout`` (attention weights), ``relu_dropout`` (inside the
+    feed-forward) and ``res_dropout`` (on each residual branch). The defaults are the authors' released run
+    (``run.sh`` of martinmamql/multimodal_routing: 0.0 for every encoder dropout, ``--dp 0.5`` on concepts);
+    MulT's own defaults are attn 0.1, relu 0.1, embed 0.25, res 0.1.
     Invalid values raise :class:`~interp.errors.InterpError` with a one-line message.
     """
 
@@ -58,8 +64,10 @@ class ModelConfig:
     d_feature: int = 64
     d_concept: int = 64
     concept_dropout: float = 0.5
-    attn_dropout: float = 0.1
-    embed_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    relu_dropout: float = 0.0
+    res_dropout: float = 0.0
     routing_iterations: int | None = None
 
     def __post_init__(self) -> None:
@@ -85,7 +93,7 @@ class ModelConfig:
             raise InterpError(
                 f"model config: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
-        for name in ("concept_dropout", "attn_dropout", "embed_dropout"):
+        for name in ("concept_dropout", "attn_dropout", "embed_dropout", "relu_dropout", "res_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise InterpError(f"model config: {name} must be a number in [0, 1), got {value!r}")
@@ -114,7 +122,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; missing optional keys take defaults.
+        """Inverse of :meth:`to_dict`; missing optional keys take defaults, except ``relu_dropout`` and
+        ``res_dropout`` of a config that has ``attn_dropout`` (written before they existed, when attn_dropout
+        applied to all three): they take its value, so an old checkpoint resumes as it was trained.
 
         Raises :class:`~interp.errors.CheckpointError` on an unknown key, a missing required key, or an
         invalid value.
@@ -129,6 +139,10 @@ class ModelConfig:
         if missing:
             raise CheckpointError(f"model config is missing key(s): {', '.join(missing)}")
         kwargs = dict(d)
+        # Configs written before relu/res dropout existed used attn_dropout for all three encoder dropouts.
+        if "attn_dropout" in kwargs:
+            for name in ("relu_dropout", "res_dropout"):
+                kwargs.setdefault(name, kwargs["attn_dropout"])
         if isinstance(kwargs["input_dims"], list):
             kwargs["input_dims"] = tuple(kwargs["input_dims"])
         try:
@@ -247,20 +261,21 @@ def padding_masks(
     return masks[0], masks[1], masks[2]
 
 
-def _last_valid(h: Tensor, mask: Tensor | None) -> Tensor:
-    """``h (B, T, D)`` at each sample's last real step (``mask (B, T)`` True at padding; None: the last step)."""
+def _last_valid(mask: Tensor | None) -> Tensor | None:
+    """Index ``(B,)`` of each sample's last real step (``mask (B, T)`` True at padding); None (the last step)
+    when there is no mask."""
     if mask is None:
-        return h[:, -1]
+        return None
     valid = (~mask).to(torch.int8)
-    last = h.shape[1] - 1 - valid.flip(1).argmax(dim=1)
-    return h[torch.arange(h.shape[0], device=h.device), last]
+    return mask.shape[1] - 1 - valid.flip(1).argmax(dim=1)
 
 
 class ModalityEmbedding(nn.Module):
     """1x1 Conv1d projection ``d_m -> D``, scaled by sqrt(D), plus sinusoidal positions and dropout.
 
-    ``(B, T, d_m) -> (B, T, D)``. With a padding ``mask (B, T)`` the real steps are numbered 0, 1, ... from the
-    first real step (so start padding does not shift positions); without one, steps are numbered 0..T-1.
+    ``(B, T, d_m) -> (B, T, D)``. The 1x1 convolution runs as one matmul on the ``(B, T, d_m)`` layout (the
+    same weights, no transposed copy). With a padding ``mask (B, T)`` the real steps are numbered 0, 1, ... from
+    the first real step (so start padding does not shift positions); without one, steps are numbered 0..T-1.
     """
 
     def __init__(self, d_in: int, d_model: int, dropout: float) -> None:
@@ -271,8 +286,8 @@ class ModalityEmbedding(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, T, d_m) -> (B, T, D)``; ``mask (B, T)`` True at padded steps, or None."""
-        h = self.proj(x.transpose(1, 2)).transpose(1, 2) * self.scale
-        table = sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)
+        h = F.linear(x, self.proj.weight.squeeze(-1)) * self.scale
+        table = sinusoidal_positions(h.shape[-2], h.shape[-1], h.device, h.dtype)
         if mask is None:
             h = h + table
         else:
@@ -281,30 +296,117 @@ class ModalityEmbedding(nn.Module):
         return self.dropout(h)
 
 
+class Attention(nn.Module):
+    """Multi-head attention on :func:`torch.nn.functional.scaled_dot_product_attention`, ``(B, T, D)`` layouts.
+
+    The parameters and their names are those of ``nn.MultiheadAttention`` (``in_proj_weight (3D, D)``,
+    ``in_proj_bias (3D,)``, ``out_proj``), drawn in the same order from the RNG, so checkpoints written with
+    the ``nn.MultiheadAttention`` encoders load unchanged and give the same outputs. Self-attention projects
+    q, k, v in one matmul; cross-attention projects q from the queries and k, v together from the source.
+    Heads are split as views ``(B, T, H, d_h) -> (B, H, T, d_h)`` (no copy) and merged with one reshape.
+    Attention dropout is SDPA's ``dropout_p`` in training only; with 0 SDPA stays on its fused kernel.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        # Creation order as in nn.MultiheadAttention: out_proj first, then the in-projection is re-drawn.
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, source: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T_q, D)`` attends to ``source (B, T_k, D)`` (``x`` itself when None) -> ``(B, T_q, D)``.
+
+        ``key_padding_mask (B, T_k)`` bool, optional: True marks a *padded* key that no query may attend to
+        (the convention of ``nn.MultiheadAttention``); it reaches SDPA as ``attn_mask`` (True = attend).
+        Every query needs at least one unpadded key, or its output is NaN.
+        """
+        batch, t_q, d_model = x.shape[0], x.shape[-2], x.shape[-1]
+        heads = self.n_heads
+        d_head = d_model // heads
+        if source is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).unflatten(-1, (3, heads, d_head))
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            w, b = self.in_proj_weight, self.in_proj_bias
+            q = F.linear(x, w[:d_model], b[:d_model]).unflatten(-1, (heads, d_head)).transpose(1, 2)
+            kv = F.linear(source, w[d_model:], b[d_model:]).unflatten(-1, (2, heads, d_head))
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, t_q, d_model))
+
+
+def _last(x: Tensor, index: Tensor | None) -> Tensor:
+    """``x (B, T, D)`` -> ``(B, 1, D)`` at time ``index (B,)`` (the last step when None)."""
+    if index is None:
+        return x[:, -1:]
+    return x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Pre-LN transformer encoder layer (the parameters of ``nn.TransformerEncoderLayer(norm_first=True)``).
+
+    ``x = x + res(attn(norm1(x)))``; ``x = x + res(linear2(relu_drop(relu(linear1(norm2(x))))))``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(d_model, n_heads, attn_dropout)
+        self.linear1 = nn.Linear(d_model, 4 * d_model)
+        self.dropout = nn.Dropout(relu_dropout)
+        self.linear2 = nn.Linear(4 * d_model, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(res_dropout)
+        self.dropout2 = nn.Dropout(res_dropout)
+
+    def _ff(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``x (B, T, D) -> (B, T, D)``."""
+        x = x + self.dropout1(self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask))
+        return x + self._ff(x)
+
+    def last_step(self, x: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
+        """Only the output at one time step: ``x (B, T, D) -> (B, 1, D)`` (keys and values still see all of x)."""
+        h = self.norm1(x)
+        x = _last(x, index) + self.dropout1(self.self_attn(_last(h, index), h, key_padding_mask))
+        return x + self._ff(x)
+
+
 class SelfAttentionEncoder(nn.Module):
     """``n_layers`` pre-LN transformer encoder layers and a final LayerNorm: ``(B, T, D) -> (B, T, D)``."""
 
-    def __init__(self, d_model: int, n_heads: int, n_layers: int, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, n_layers: int, attn_dropout: float, relu_dropout: float, res_dropout: float
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                d_model,
-                n_heads,
-                dim_feedforward=4 * d_model,
-                dropout=dropout,
-                activation="relu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(n_layers)
+            SelfAttentionLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T, D) -> (B, T, D)``; ``key_padding_mask (B, T)`` True at padded steps (never attended to)."""
+        """``x (B, T, D) -> (B, T, D)``; ``key_padding_mask (B, T)`` bool, True = padded (optional)."""
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask=key_padding_mask)
+            x = layer(x, key_padding_mask)
         return self.norm(x)
+
+    def last_step(self, x: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
+        """``forward(x)[b, index[b]]`` as ``(B, D)`` (the last step when ``index`` is None), computed without the
+        query-side work of the last layer at the other steps."""
+        for layer in self.layers[:-1]:
+            x = layer(x, key_padding_mask)
+        return self.norm(self.layers[-1].last_step(x, key_padding_mask, index)).squeeze(1)
 
 
 class CrossModalLayer(nn.Module):
@@ -313,44 +415,52 @@ class CrossModalLayer(nn.Module):
     ``x (B, T_q, D)``, ``y (B, T_k, D) -> (B, T_q, D)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(d_model)
         self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.drop1 = nn.Dropout(dropout)
+        self.attn = Attention(d_model, n_heads, attn_dropout)
+        self.drop1 = nn.Dropout(res_dropout)
         self.norm_ff = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
             nn.Linear(d_model, 4 * d_model),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            nn.Dropout(relu_dropout),
             nn.Linear(4 * d_model, d_model),
         )
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(res_dropout)
 
     def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)`` (``key_padding_mask (B, T_k)`` True at padding); ``(B, T_q, D)``."""
-        q = self.norm_q(x)
-        kv = self.norm_kv(y)
-        attended, _ = self.attn(q, kv, kv, key_padding_mask=key_padding_mask, need_weights=False)
-        x = x + self.drop1(attended)
-        x = x + self.drop2(self.ff(self.norm_ff(x)))
-        return x
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``. ``key_padding_mask (B, T_k)``."""
+        x = x + self.drop1(self.attn(self.norm_q(x), self.norm_kv(y), key_padding_mask))
+        return x + self.drop2(self.ff(self.norm_ff(x)))
 
 
 class CrossModalEncoder(nn.Module):
     """``n_layers`` cross-modal blocks (the source is the same at every layer) and a final LayerNorm."""
 
-    def __init__(self, d_model: int, n_heads: int, n_layers: int, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, n_layers: int, attn_dropout: float, relu_dropout: float, res_dropout: float
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(CrossModalLayer(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            CrossModalLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)`` (``key_padding_mask (B, T_k)`` of y); returns ``(B, T_q, D)``."""
+        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``. ``key_padding_mask (B, T_k)``
+        bool, True = padded source step (optional)."""
         for layer in self.layers:
             x = layer(x, y, key_padding_mask)
         return self.norm(x)
+
+    def last_step(
+        self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None
+    ) -> Tensor:
+        """``forward(x, y)[b, index[b]]`` as ``(B, D)``. A query step never sees the other query steps (only the
+        source), so only the selected step is run through the layers: the same numbers at 1/T_q of the work."""
+        return self.forward(_last(x, index), y, key_padding_mask).squeeze(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,12 +513,13 @@ class RoutingModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        encoder_dropouts = (c.attn_dropout, c.relu_dropout, c.res_dropout)
         self.embed = nn.ModuleList(ModalityEmbedding(d, c.d_model, c.embed_dropout) for d in c.input_dims)
         self.self_encoders = nn.ModuleList(
-            SelfAttentionEncoder(c.d_model, c.n_heads, c.n_layers, c.attn_dropout) for _ in range(3)
+            SelfAttentionEncoder(c.d_model, c.n_heads, c.n_layers, *encoder_dropouts) for _ in range(3)
         )
         self.cross_encoders = nn.ModuleDict(
-            {name: CrossModalEncoder(c.d_model, c.n_heads, c.n_layers, c.attn_dropout) for name in _CROSS_PAIRS}
+            {name: CrossModalEncoder(c.d_model, c.n_heads, c.n_layers, *encoder_dropouts) for name in _CROSS_PAIRS}
         )
         self.fusion = nn.Linear(3 * c.d_model, c.d_model)
         # Seven linear heads D -> d_f + 1, batched.
@@ -446,9 +557,10 @@ class RoutingModel(nn.Module):
         self._check_inputs(text, audio, vision)
         masks = padding_masks(lengths, (text.shape[1], audio.shape[1], vision.shape[1]), padding)
         x = [emb(m, mask) for emb, m, mask in zip(self.embed, (text, audio, vision), masks)]
-        unimodal = [_last_valid(enc(xm, mask), mask) for enc, xm, mask in zip(self.self_encoders, x, masks)]
+        index = [_last_valid(mask) for mask in masks]
+        unimodal = [enc.last_step(xm, mask, i) for enc, xm, mask, i in zip(self.self_encoders, x, masks, index)]
         last = {
-            name: _last_valid(self.cross_encoders[name](x[q], x[k], masks[k]), masks[q])
+            name: self.cross_encoders[name].last_step(x[q], x[k], masks[k], index[q])
             for name, (q, k) in _CROSS_PAIRS.items()
         }
         tav = self.fusion(torch.cat([last["at"], last["va"], last["tv"]], dim=-1))

@@ -182,6 +182,10 @@ def train(
     d_feature: int = 64,
     d_concept: int = 64,
     concept_dropout: float = 0.5,
+    embed_dropout: float = 0.0,
+    attn_dropout: float = 0.0,
+    relu_dropout: float = 0.0,
+    res_dropout: float = 0.0,
     grad_clip: float = 1.0,
     resume: bool = False,
     progress: bool = True,
@@ -193,6 +197,9 @@ def train(
     The model is selected on the validation loss; early stopping after ``patience`` epochs without improvement.
     ``resume`` continues a training whose checkpoint is at ``out`` (same data and settings). ``format``: the data
     layout (``mult`` / ``mmsa``; None detects it). Padded sequences are masked (:mod:`interp.padding`).
+    Dropouts (all in [0, 1)): ``concept_dropout`` on the concepts; ``embed_dropout``, ``attn_dropout``,
+    ``relu_dropout`` and ``res_dropout`` in the encoders (see :class:`~interp.model.ModelConfig`); the defaults are
+    the authors' released run (0.5 on concepts, 0.0 in the encoders).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -201,6 +208,9 @@ def train(
         raise InterpError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if not 0.0 <= concept_dropout < 1.0:
         raise InterpError(f"dropout must be in [0, 1), got {concept_dropout}")
+    for name, value in (("embed", embed_dropout), ("attn", attn_dropout), ("relu", relu_dropout), ("res", res_dropout)):
+        if not 0.0 <= value < 1.0:
+            raise InterpError(f"--{name}-dropout must be in [0, 1), got {value}")
     out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after the first epoch
     if out.is_dir():
         raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
@@ -219,6 +229,10 @@ def train(
         d_feature=d_feature,
         d_concept=d_concept,
         concept_dropout=concept_dropout,
+        embed_dropout=embed_dropout,
+        attn_dropout=attn_dropout,
+        relu_dropout=relu_dropout,
+        res_dropout=res_dropout,
     )
     settings = {
         "epochs": epochs,
@@ -388,7 +402,7 @@ def _restore(
 ) -> tuple[int, dict[str, Any], int, list[dict[str, float]]]:
     """Load the resume state of ``out`` into ``model`` and ``optimizer``; returns (next epoch, best, stale, history)."""
     checkpoint = read_checkpoint(out)
-    if checkpoint["config"] != config.to_dict():
+    if ModelConfig.from_dict(checkpoint["config"]).to_dict() != config.to_dict():
         raise CheckpointError(f"--resume: {out} was trained with other model settings; drop --resume or use --out")
     if checkpoint["data"]["sha256"] != dataset.sha256:
         raise CheckpointError(f"--resume: {out} was trained on other data; drop --resume or use --out")

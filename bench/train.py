@@ -1,0 +1,204 @@
+"""Training-step and inference speed of the encoders: the new path (interp.model) against the old path.
+
+The old path is the encoder code of interp/model.py before issue 15, vendored in ``bench/_old_encoders.py``
+(``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention(batch_first=True)``), run with the *same weights*.
+Both run in one process, interleaved repetition by repetition, on random MOSEI-shaped inputs
+(dims 300/74/35, T = 20). Rows per model size and batch size:
+
+* ``train``: one optimiser step (forward, cross-entropy, backward, clip 1.0, Adam) in training mode;
+  old path with encoder dropout 0.1 (what ``interp train`` always did before) and 0.0 (the authors' released
+  run), new path at the authors' configuration (encoder dropouts 0.0, concept dropout 0.5).
+* ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
+
+Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
+the same samples with the same checkpoint (interleaved): the extraction overhead. Times are the median over
+``--reps``; the load average is printed (the machine may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
+[--reps 3] [--device cpu|cuda|auto] [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from _old_encoders import old_model  # noqa: E402
+from interp.model import ModelConfig, RoutingModel  # noqa: E402
+
+DIMS = (300, 74, 35)
+SIZES = {
+    "default": dict(d_model=32, n_heads=4, n_layers=2),
+    "paper": dict(d_model=200, n_heads=20, n_layers=7),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inputs(batch: int, seq_len: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = tuple(torch.randn(batch, seq_len, d, generator=g).to(device) for d in DIMS)
+    return x, torch.randint(0, 7, (batch,), generator=g).to(device)
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, amp: torch.dtype | None) -> None:
+    model.train()
+    with torch.autocast(device_type=y.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        out = model(*x)
+    loss = nn.functional.cross_entropy(out.logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def _forward(model: nn.Module, x, amp: torch.dtype | None) -> None:
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device_type=x[0].device.type, dtype=amp or torch.float32,
+                                                enabled=amp is not None):
+        model(*x)
+
+
+def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, amp: torch.dtype | None) -> dict:
+    """Median ms of each path, interleaved: rep 1 of every path, then rep 2, ... (one warm-up each)."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for rep in range(reps + 1):
+        for name, (kind, model, opt) in paths.items():
+            _sync(device)
+            start = time.perf_counter()
+            if kind == "train":
+                _train_step(model, opt, x, y, amp)
+            else:
+                _forward(model, x, amp)
+            _sync(device)
+            if rep:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
+                        reps: int) -> tuple[float, float]:
+    """(``interp extract`` samples/s, forward-only samples/s) on a synthetic test split of ``n`` samples.
+
+    Interleaved: each repetition runs the forward-only pass over the same ``n`` samples (the checkpoint's model,
+    eval, ``inference_mode``, batches of ``batch``) and then ``interp extract``; one warm-up of each; medians.
+    """
+    from interp.extract import extract
+    from interp.synth import write_synthetic
+    from interp.train import load_checkpoint, train
+
+    data = workdir / f"data-{n}-{seq_len}.pkl"
+    if not data.exists():
+        write_synthetic(data, task="sentiment", n_train=64, n_valid=32, n_test=n, seq_len=seq_len, dims=DIMS, seed=0)
+    ckpt = workdir / f"model-{config_size['d_model']}-{config_size['n_layers']}.pt"
+    if not ckpt.exists():
+        train(data, ckpt, epochs=1, device="cpu", progress=False, **config_size)
+    model = load_checkpoint(ckpt, device).model
+    x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
+    fwd, ext = [], []
+    for i in range(reps + 1):
+        _sync(torch.device(device))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, n, batch):
+                model(*(t[s : s + batch] for t in x))
+        _sync(torch.device(device))
+        mid = time.perf_counter()
+        extract(ckpt, data, split="test", out=workdir / f"run-{i}", batch_size=batch, device=device, force=True,
+                progress=False)
+        if i:
+            fwd.append(n / (mid - start))
+            ext.append(n / (time.perf_counter() - mid))
+    return statistics.median(ext), statistics.median(fwd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned; default %(default)s)")
+    parser.add_argument("--models", default="default,paper")
+    parser.add_argument("--batch-sizes", default="32,256")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (cpu, plus cuda when present)")
+    parser.add_argument("--phases", default="train,forward", help="rows to time (default: %(default)s)")
+    parser.add_argument("--no-extract", action="store_true", help="skip the extraction-overhead rows")
+    parser.add_argument("--extract-n", default="default=4096,paper=512",
+                        help="test-split samples of the extraction rows per model (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="default model, B = 32, 1 rep")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = ["default"] if args.quick else args.models.split(",")
+    batches = [32] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
+    reps = 1 if args.quick else args.reps
+    devices = ["cpu"] if args.device == "cpu" else (["cuda"] if args.device == "cuda" else
+                                                    ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
+    rows = []
+    header = f"{'device':<12} {'model':<8} {'B':>4} {'phase':<8} {'path':<16} {'ms/batch':>10} {'samples/s':>10} {'old/new':>8}"
+    print(header)
+    for device_name in devices:
+        device = torch.device(device_name)
+        modes = [("fp32", None)]
+        if device.type == "cuda":
+            modes += [("tf32", None), ("bf16", torch.bfloat16)]
+        for mode, amp in modes:
+            if device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+                torch.backends.cudnn.allow_tf32 = mode == "tf32"
+            for size_name in models:
+                config = ModelConfig(task="sentiment", variant="routing", input_dims=DIMS, n_concepts=7,
+                                     **SIZES[size_name])
+                torch.manual_seed(0)
+                new = RoutingModel(config).to(device)
+                olds = {"old drop 0.1": old_model(new, dropout=0.1), "old drop 0.0": old_model(new, dropout=0.0)}
+                for batch in batches:
+                    x, y = _inputs(batch, args.seq_len, device)
+                    train_paths = {name: ("train", m, torch.optim.Adam(m.parameters(), lr=1e-4))
+                                   for name, m in {**olds, "new": new}.items()}
+                    fwd_paths = {"old": ("forward", olds["old drop 0.0"], None), "new": ("forward", new, None)}
+                    for phase, paths in (("train", train_paths), ("forward", fwd_paths)):
+                        if phase not in args.phases.split(","):
+                            continue
+                        ms = time_paths(paths, x, y, reps, device, amp)
+                        for name, value in ms.items():
+                            ratio = ms["old drop 0.0" if phase == "train" else "old"] / ms["new"]
+                            row = dict(device=f"{device_name}/{mode}", model=size_name, batch=batch, phase=phase,
+                                       path=name, ms=value, samples_s=batch * 1000 / value,
+                                       old_over_new=ratio if name == "new" else None)
+                            rows.append(row)
+                            r = f"{ratio:8.2f}" if name == "new" else f"{'':8}"
+                            print(f"{row['device']:<12} {size_name:<8} {batch:>4} {phase:<8} {name:<16} "
+                                  f"{value:>10.1f} {row['samples_s']:>10.1f} {r}", flush=True)
+    if not args.no_extract:
+        print("\nextraction overhead: forward-only samples/s / interp extract samples/s (interleaved, B = 256)")
+        with tempfile.TemporaryDirectory() as tmp:
+            for size_name in models:
+                n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
+                rate, limit = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, "cpu", Path(tmp), reps)
+                rows.append(dict(device="cpu/fp32", model=size_name, batch=256, n=n, phase="extract",
+                                 extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate))
+                print(f"cpu/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only {limit:.1f} "
+                      f"samples/s, overhead x{limit / rate:.2f}", flush=True)
+    print(f"load average at the end {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

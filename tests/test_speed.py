@@ -1,0 +1,130 @@
+"""Issue 15: encoder dropouts as settings, SDPA encoders equal to the old nn.MultiheadAttention encoders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from interp.model import Attention, ModelConfig, RoutingModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from _old_encoders import OldCrossModalEncoder, OldSelfAttentionEncoder, old_model  # noqa: E402
+
+DIMS = (12, 7, 5)
+
+
+def _config(**kw) -> ModelConfig:
+    base = dict(task="sentiment", variant="routing", input_dims=DIMS, n_concepts=7, d_model=16, n_heads=4, n_layers=2)
+    return ModelConfig(**{**base, **kw})
+
+
+def _inputs(batch: int = 6, lengths=(9, 4, 1)) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(batch, t, d, generator=g) for t, d in zip(lengths, DIMS))
+
+
+@pytest.mark.parametrize("lengths", [(9, 4, 1), (5, 5, 5)])
+def test_new_encoders_equal_old_code_in_eval(lengths) -> None:
+    torch.manual_seed(0)
+    model = RoutingModel(_config(attn_dropout=0.2, relu_dropout=0.3, res_dropout=0.1, embed_dropout=0.2)).eval()
+    old = old_model(model)
+    x = _inputs(lengths=lengths)
+    with torch.no_grad():
+        new_out, old_out = model(*x), old(*x)
+        torch.testing.assert_close(model.encode(*x), old.encode(*x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_out.logits, old_out.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_out.r, old_out.r, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():  # the old layers' native fast path (inference) against ours
+        torch.testing.assert_close(model(*x).logits, old(*x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_initial_weights_as_old_code() -> None:
+    """Parameters are created in the old order, so a seed gives the weights the old code drew."""
+    c = _config()
+    torch.manual_seed(3)
+    new = RoutingModel(c)
+    torch.manual_seed(3)
+    for emb in new.embed:  # the embeddings draw first, as in RoutingModel
+        nn.Conv1d(emb.proj.in_channels, c.d_model, 1, bias=False)
+    enc = OldSelfAttentionEncoder(c.d_model, c.n_heads, c.n_layers, 0.0)
+    for name, value in enc.state_dict().items():
+        torch.testing.assert_close(new.self_encoders[0].state_dict()[name], value, atol=0, rtol=0)
+    cross = OldCrossModalEncoder(c.d_model, c.n_heads, c.n_layers, 0.0)
+    assert set(cross.state_dict()) == set(new.cross_encoders["ta"].state_dict())
+
+
+def test_training_mode_without_dropout_matches_old_code_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = RoutingModel(_config(concept_dropout=0.0)).train()
+    old = old_model(model).train()
+    x = _inputs()
+    target = torch.randint(0, 7, (6,), generator=torch.Generator().manual_seed(2))
+    for m in (model, old):
+        nn.functional.cross_entropy(m(*x).logits, target).backward()
+    old_grads = dict(old.named_parameters())
+    for name, prm in model.named_parameters():
+        torch.testing.assert_close(prm.grad, old_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_attention_key_padding_mask_matches_multihead_attention() -> None:
+    torch.manual_seed(0)
+    ours = Attention(16, 4, 0.0).eval()
+    ref = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ref.load_state_dict(ours.state_dict())
+    q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 4:] = True
+    pad[2, 1:] = True
+    with torch.no_grad():
+        expected, _ = ref(q, kv, kv, key_padding_mask=pad, need_weights=False)
+        torch.testing.assert_close(ours(q, kv, pad), expected, atol=1e-5, rtol=1e-5)
+        expected_self, _ = ref(q, q, q, need_weights=False)
+        torch.testing.assert_close(ours(q), expected_self, atol=1e-5, rtol=1e-5)
+
+
+def test_every_encoder_dropout_acts_in_training_only() -> None:
+    x = _inputs()
+    for name in ("embed_dropout", "attn_dropout", "relu_dropout", "res_dropout"):
+        torch.manual_seed(0)
+        model = RoutingModel(_config(concept_dropout=0.0, **{name: 0.5}))
+        with torch.no_grad():
+            model.train()
+            assert not torch.equal(model(*x).logits, model(*x).logits), name
+            model.eval()
+            assert torch.equal(model(*x).logits, model(*x).logits), name
+    torch.manual_seed(0)
+    quiet = RoutingModel(_config(concept_dropout=0.0)).train()
+    with torch.no_grad():
+        assert torch.equal(quiet(*x).logits, quiet(*x).logits)  # no dropout anywhere: training is deterministic
+
+
+def test_old_configs_keep_their_encoder_dropout() -> None:
+    old = _config().to_dict()
+    for key in ("relu_dropout", "res_dropout"):
+        del old[key]
+    old["attn_dropout"] = 0.1
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.attn_dropout, cfg.relu_dropout, cfg.res_dropout) == (0.1, 0.1, 0.1)
+    assert ModelConfig.from_dict(_config(relu_dropout=0.25).to_dict()).relu_dropout == 0.25
+    defaults = ModelConfig(task="sentiment", variant="routing", input_dims=DIMS, n_concepts=7)
+    assert (defaults.embed_dropout, defaults.attn_dropout, defaults.relu_dropout, defaults.res_dropout) == (0, 0, 0, 0)
+    assert defaults.concept_dropout == 0.5
+
+
+def test_cli_dropout_flags_reach_the_checkpoint(synth_data: Path, tmp_path: Path) -> None:
+    from interp.cli import main
+    from interp.train import read_checkpoint
+
+    out = tmp_path / "m.pt"
+    code = main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--d-model", "8",
+                 "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--embed-dropout", "0.25",
+                 "--attn-dropout", "0.1", "--relu-dropout", "0.2", "--res-dropout", "0.3", "--dropout", "0.4"])
+    assert code == 0
+    cfg = read_checkpoint(out)["config"]
+    assert (cfg["embed_dropout"], cfg["attn_dropout"], cfg["relu_dropout"], cfg["res_dropout"]) == (0.25, 0.1, 0.2, 0.3)
+    assert cfg["concept_dropout"] == 0.4
+    assert main(["train", "--data", str(synth_data), "--out", str(out), "--res-dropout", "1.5", "--quiet"]) == 2

@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit 2 (argparse prints usage + error by default)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"interp: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_BAD_INPUT, f"interp: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:

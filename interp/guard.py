@@ -272,7 +272,7 @@ def _names(value: Any, where: str, field: str, error: type[InterpError]) -> list
         raise error(f"{where}: {field} must be a non-empty list of names, got {printable(_short(value))}")
     if len(set(value)) != len(value):
         repeated = sorted({v for v in value if value.count(v) > 1})
-        raise error(f"{where}: {field} names {', '.join(map(printable, repeated))} more than once")
+        raise error(f"{where}: {field} has {', '.join(map(printable, repeated))} more than once; names must be distinct")
     return value
 
 

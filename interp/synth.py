@@ -257,10 +257,10 @@ def write_synthetic(
     Both files are written atomically (temp file, then rename) and byte-for-byte deterministic given the arguments.
     """
     out = Path(out)
-    for existing in (out, planted_path_for(out)):
+    for existing, what in ((out, ""), (planted_path_for(out), " (where its planted map goes)")):
         if existing.exists() and not looks_like_synthetic(out, PLANTED_FORMAT):
             raise InterpError(
-                f"--out {out}: {existing} exists and is not synthetic data written by `interp data synth`; "
+                f"--out {out}: {existing}{what} exists and is not synthetic data written by `interp data synth`; "
                 "writing would replace it: choose another --out"
             )
     data, mapping = synthesize(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)

@@ -483,7 +483,7 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Loa
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, KeyError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint {path} does not match its own model config ({guard.one_line(error)[:160]})"
+            f"checkpoint {path} does not match its own model config ({guard.one_line(error)[:300]})"
         ) from None
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=Path(path), sha256=sha256_file(path))

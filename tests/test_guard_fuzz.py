@@ -135,3 +135,24 @@ def test_random_planted_json_through_the_cli(trained_checkpoint: Path, synth_dat
     (folder / "d.planted.json").write_text(json.dumps(value))
     _exit_0_or_one_line(_cli("extract", "--ckpt", str(trained_checkpoint), "--data", str(data), "--out",
                              str(folder / "run"), "--device", "cpu", "--quiet"))
+
+
+any_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF))  # surrogates and controls too
+
+
+@FAST
+@given(text=any_text)
+def test_printable_text_has_no_controls_and_encodes(text: str) -> None:
+    import unicodedata
+    import xml.etree.ElementTree as ElementTree
+    from xml.sax.saxutils import escape
+
+    from interp.guard import clean_text, one_line, printable, xml_safe
+
+    shown = printable(text)
+    assert not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in shown)
+    shown.encode("utf-8")
+    assert "\n" not in one_line(text) and "\r" not in one_line(text)
+    clean_text(text).encode("utf-8")  # what extraction writes to parquet
+    assert clean_text(text) == text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+    ElementTree.fromstring(f"<t>{escape(xml_safe(text))}</t>")  # valid XML text

@@ -434,9 +434,9 @@ def _shorten(text: str, width: int) -> str:
 
 
 def _plain(text: str) -> str:
-    """Untrusted text (ids, transcripts) as figure text: control characters shown escaped (SVG stays valid
-    XML) and ``$`` taken literally (matplotlib would parse ``$...$`` as mathtext)."""
-    return xml_safe(printable(text)).replace("$", r"\$")
+    """Untrusted text (ids, transcripts) as figure text: control characters shown escaped, so the SVG stays
+    valid XML (the title is drawn with ``parse_math=False``: ``$`` is literal)."""
+    return xml_safe(printable(text))
 
 
 def _truth_text(explanation: SampleExplanation) -> str:
@@ -486,7 +486,7 @@ def plot_sample(explanation: SampleExplanation, *, dpi: int = 100) -> Any:
     if e.transcript:
         quote = textwrap.shorten(" ".join(e.transcript.split()), width=220, placeholder=" …")
         title += "\n" + "\n".join(textwrap.wrap(f"“{_plain(quote)}”", width=130))
-    fig.suptitle(title, fontsize=11.5, linespacing=1.5)
+    fig.suptitle(title, fontsize=11.5, linespacing=1.5, parse_math=False)  # ids and words may hold $
 
     # Heatmap.
     # Linear and symmetric about 1/J (equal colour steps for equal distances from the baseline); the colour bar

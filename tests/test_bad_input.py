@@ -451,6 +451,15 @@ def test_failed_training_leaves_a_good_checkpoint_byte_identical(trained_checkpo
     record("train --lr 1e20 over a good checkpoint", result)
     one_line_error(result, "learning rate")
     assert good.read_bytes() == before
+    def extreme_valid(data: dict) -> None:  # training is fine, the validation loss is NaN
+        data["valid"]["text"][:] = 3e38
+
+    valid_nan = mult_pickle(tmp_path / "valid-nan.pkl", dims=(16, 12, 10), mutate=extreme_valid)
+    result = run_cli("train", "--data", str(valid_nan), "--out", str(good), *TINY_TRAIN)
+    record("training whose validation loss is NaN, --out = a good checkpoint", result)
+    line = one_line_error(result, "validation loss became nan at epoch 1")
+    assert "left as it was" in line
+    assert good.read_bytes() == before
     fresh = tmp_path / "fresh.pt"
     result = run_cli("train", "--data", str(data), "--out", str(fresh), *TINY_TRAIN)
     one_line_error(result, "nothing was written")

@@ -257,10 +257,10 @@ def write_synthetic(
     Both files are written atomically (temp file, then rename) and byte-for-byte deterministic given the arguments.
     """
     out = Path(out)
-    for existing, what in ((out, ""), (planted_path_for(out), " (where its planted map goes)")):
+    for existing, what in ((out, f"--out {out}"), (planted_path_for(out), f"{planted_path_for(out)} (the planted map)")):
         if existing.exists() and not looks_like_synthetic(out, PLANTED_FORMAT):
             raise InterpError(
-                f"--out {out}: {existing}{what} exists and is not synthetic data written by `interp data synth`; "
+                f"{what} exists and is not synthetic data written by `interp data synth`; "
                 "writing would replace it: choose another --out"
             )
     data, mapping = synthesize(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)

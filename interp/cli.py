@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from interp.guard import bootstrap_samples_arg, lr_arg, one_line, printable, seed_arg
+from interp.guard import bootstrap_samples_arg, lr_arg, one_line, printable, seed_arg, workers_arg
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--force", action="store_true", help="replace an existing run")
     extract.add_argument("--amp", default=None, choices=["bf16"], help="bf16 autocast of the encoders on CUDA "
                          "(interpretation values are always computed in fp32)")
-    extract.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    extract.add_argument("--num-workers", type=workers_arg, default=0, help="DataLoader workers")
     extract.add_argument("--compile", action="store_true", help="torch.compile the model first")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     extract.set_defaults(func=_cmd_extract)

@@ -48,6 +48,8 @@ MAX_LR = 1.0
 #: Bootstrap resamples: beyond 10^5 the Monte-Carlo error of a 95% interval's bounds is far below the
 #: printed precision, and time and memory grow linearly with the number.
 MAX_BOOTSTRAP_SAMPLES = 100_000
+#: DataLoader worker processes per CPU core (each is a process holding a copy of the batch pipeline).
+MAX_WORKERS_PER_CPU = 2
 #: Routing iterations (the paper uses 1 to 3; each one is a full pass over B·7·J·d_c votes).
 MAX_ROUTING_ITERATIONS = 64
 #: Largest feature size of one modality (BERT-large text features are 1024, raw COVAREP 74, Facet 35-47).
@@ -131,6 +133,16 @@ def bootstrap_samples_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"--bootstrap-samples must lie in [100, {MAX_BOOTSTRAP_SAMPLES}] (2000 is plenty for 95% intervals), "
             f"got {value}")
+    return value
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of ``--num-workers``: 0 up to :data:`MAX_WORKERS_PER_CPU` processes per CPU core."""
+    value = _argument(text, int)
+    limit = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if not 0 <= value <= limit:
+        raise argparse.ArgumentTypeError(
+            f"--num-workers must lie in [0, {limit}] ({MAX_WORKERS_PER_CPU} per CPU core of this machine), got {value}")
     return value
 
 
@@ -458,9 +470,10 @@ def check_model_config(config: Any, where: str, training: bool = False) -> None:
 
 
 __all__ = [
-    "CHECKPOINT_VERSIONS", "MAX_BOOTSTRAP_SAMPLES", "MAX_CONCEPTS", "MAX_INPUT_DIM", "MAX_JSON_BYTES",
-    "MAX_LAYERS", "MAX_LR", "MAX_NESTING", "MAX_ROUTING_ITERATIONS", "MAX_SEED", "MAX_WIDTH", "MEMORY_FRACTION",
-    "bootstrap_samples_arg", "check_checkpoint", "check_lr", "check_memory", "check_meta",
+    "CHECKPOINT_VERSIONS", "MAX_BOOTSTRAP_SAMPLES", "MAX_CONCEPTS", "MAX_INPUT_DIM", "MAX_JSON_BYTES", "MAX_LAYERS",
+    "MAX_LR", "MAX_NESTING", "MAX_ROUTING_ITERATIONS", "MAX_SEED", "MAX_WIDTH", "MAX_WORKERS_PER_CPU",
+    "MEMORY_FRACTION", "bootstrap_samples_arg", "check_checkpoint", "check_lr", "check_memory", "check_meta",
     "check_model_config", "check_nesting", "check_planted", "check_planted_info", "check_seed", "clean_text",
-    "lr_arg", "machine_memory", "one_line", "printable", "read_json", "seed_arg", "strip_xml_invalid", "xml_safe",
+    "lr_arg", "machine_memory", "one_line", "printable", "read_json", "seed_arg", "strip_xml_invalid", "workers_arg",
+    "xml_safe",
 ]

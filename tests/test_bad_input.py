@@ -554,6 +554,7 @@ def test_hostile_values_at_the_boundary(trained_checkpoint: Path, tmp_path: Path
         ("--seed", str(2**70), ["train", "--data", str(planted), "--out", str(model)]),
         ("--seed", "-1", ["global"]),
         ("--lr", "inf", ["train", "--data", str(planted), "--out", str(model)]),
+        ("--num-workers", "100000", ["extract", "--ckpt", str(trained_checkpoint), "--out", str(tmp_path / "r")]),
         ("--d-model", str(2**20), ["train", "--data", str(mult_pickle(tmp_path / "g.pkl")), "--out", str(model),
                                    "--n-heads", "1"]),
     ]:

@@ -26,9 +26,12 @@ from interp.schema import META_FILE
 
 #: File that marks a folder written by `interp demo` (the demo writes only into an empty folder or one with it).
 DEMO_MARKER = ".interp-demo"
-#: Names of the files of a run directory (what `--force` may replace).
-_RUN_FILE = re.compile(r"^(meta\.json|samples\.parquet|routing\.parquet|samples-rank\d+\.parquet|routing-rank\d+\.parquet)$")
-
+#: Names of the files interp writes into a run directory (what `--force` may replace): the tables and meta.json of
+#: `interp extract`, and what `interp faithfulness` adds there by default (faithfulness.json and its tables).
+_RUN_FILE = re.compile(
+    r"^(meta\.json|samples\.parquet|routing\.parquet|samples-rank\d+\.parquet|routing-rank\d+\.parquet"
+    r"|faithfulness\.json|faithfulness_[a-z]+\.(parquet|csv))$"
+)
 
 
 def _absolute(path: Path | str) -> Path:

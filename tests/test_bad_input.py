@@ -420,6 +420,10 @@ def test_force_replaces_only_a_run_folder(trained_checkpoint: Path, extracted_ru
     record("extract --out . --force inside that run folder", result)
     one_line_error(result, "current folder")
     assert digest(project) == before and digest(run) == run_before
+    (run / "faithfulness.json").write_text("{}")  # what `interp faithfulness` writes into a run folder by default
+    result = run_cli("extract", "--ckpt", str(trained_checkpoint), "--out", str(run), *args)
+    assert result.returncode == 0, result.stderr  # a run folder is still replaced
+    assert sorted(p.name for p in run.iterdir()) == ["meta.json", "routing.parquet", "samples.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "project"], "a temp folder was left behind"
 
 

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from interp.guard import bootstrap_samples_arg, lr_arg, one_line, printable, seed_arg, workers_arg
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -21,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit 2 (argparse prints usage + error by default)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"interp: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_BAD_INPUT, f"interp: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -189,6 +191,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_global(args: argparse.Namespace) -> int:
     from interp.global_report import run_global
+    from interp.outputs import check_report_out
+
+    check_report_out(args.out, args.run)
 
     result = run_global(
         runs=args.run or None,
@@ -211,6 +216,9 @@ def _cmd_global(args: argparse.Namespace) -> int:
 
 def _cmd_local(args: argparse.Namespace) -> int:
     from interp.local import run_local
+    from interp.outputs import check_report_out
+
+    check_report_out(args.out, [args.run] if args.run else [])
 
     results = run_local(
         run=args.run,
@@ -224,12 +232,15 @@ def _cmd_local(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     for result in results:
-        print(f"{result.sample_id}: {result.html_path}")
+        print(f"{printable(result.sample_id)}: {result.html_path}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from interp.outputs import check_report_out
     from interp.report import run_report
+
+    check_report_out(args.out, args.run)
 
     path = run_report(runs=args.run or None, out=args.out)
     print(f"report written to {path}")
@@ -254,7 +265,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from interp.demo import run_demo
 
     _set_threads(args)
-    path = run_demo(out=args.out, quick=args.quick, device=args.device, progress=not args.quiet)
+    path = run_demo(out=args.out, quick=args.quick, device=args.device, progress=not args.quiet, force=args.force)
     print(f"demo report: {path}")
     return 0
 
@@ -290,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-test", type=_positive_int, default=600, help="test samples (default: %(default)s)")
     synth.add_argument("--seq-len", type=_positive_int, default=8, help="time steps per modality (default: %(default)s)")
     synth.add_argument("--noise", type=float, default=0.5, help="noise scale (default: %(default)s)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=seed_arg, default=0)
     synth.set_defaults(func=_cmd_data_synth)
     inspect = data_commands.add_parser(
         "inspect",
@@ -323,11 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("models/model.pt"), help="checkpoint (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--lr", type=_positive_float, default=None,
+    train.add_argument("--lr", type=lr_arg, default=None,
                        help="Adam learning rate (default: 1e-4; 1e-5 for emotion, as in the paper)")
     train.add_argument("--patience", type=_positive_int, default=8,
                        help="stop after this many epochs without a better validation score")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed_arg, default=0)
     train.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     train.add_argument("--d-model", type=_positive_int, default=32, help="encoder width (paper size: 200)")
     train.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (paper size: 20)")
@@ -380,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--force", action="store_true", help="replace an existing run")
     extract.add_argument("--amp", default=None, choices=["bf16"], help="bf16 autocast of the encoders on CUDA "
                          "(interpretation values are always computed in fp32)")
-    extract.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    extract.add_argument("--num-workers", type=workers_arg, default=0, help="DataLoader workers")
     extract.add_argument("--compile", action="store_true", help="torch.compile the model first")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     extract.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
@@ -402,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="samples in each concept's column: all (paper), or those whose true/predicted label it is")
     global_.add_argument("--interval", default="clt", choices=["clt", "t", "bootstrap"])
     global_.add_argument("--correction", default="none", choices=["none", "holm", "bonferroni"])
-    global_.add_argument("--bootstrap-samples", type=_positive_int, default=2000)
-    global_.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    global_.add_argument("--bootstrap-samples", type=bootstrap_samples_arg, default=2000)
+    global_.add_argument("--seed", type=seed_arg, default=0, help="seed of the bootstrap")
     global_.add_argument("--split", default=None, help="only samples of this split (default: all in the run)")
     global_.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
     global_.add_argument("--cluster", default="none", choices=["none", "video"],
@@ -426,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--feature", default=None, help="feature of the cell for --top (t, a, v, ta, av, vt, tav)")
     local.add_argument("--by", default="pr", choices=["pr", "contribution"], help="value ranked by --top")
     local.add_argument("--random", type=_positive_int, default=None, help="K samples drawn at random")
-    local.add_argument("--seed", type=int, default=0)
+    local.add_argument("--seed", type=seed_arg, default=0)
     local.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/local/)")
     local.set_defaults(func=_cmd_local)
 
@@ -479,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
+    demo.add_argument("--force", action="store_true",
+                      help="write into a folder that is neither empty nor made by an earlier demo (its files may be replaced)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -498,7 +511,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: object, *
     from interp.errors import DataWarning
 
     if issubclass(category, (DataWarning, UserWarning)):
-        print(f"interp: warning: {message}", file=sys.stderr)
+        print(f"interp: warning: {one_line(message)}", file=sys.stderr)
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -510,7 +523,7 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     except InterpError as error:
         if args.debug:
             raise
-        print(f"interp: error: {error}", file=sys.stderr)
+        print(f"interp: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         if args.debug:
@@ -520,13 +533,13 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     except PermissionError as error:
         if args.debug:
             raise
-        print(f"interp: error: no permission to write or read {error.filename or error}; choose another --out "
+        print(f"interp: error: no permission to write or read {printable(error.filename or error)}; choose another --out "
               f"or fix its permissions", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (IsADirectoryError, NotADirectoryError, FileExistsError) as error:
         if args.debug:
             raise
-        print(f"interp: error: cannot write {error.filename or error}: a file or folder of that name is in the way "
+        print(f"interp: error: cannot write {printable(error.filename or error)}: a file or folder of that name is in the way "
               f"({error.strerror}); choose another --out", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:

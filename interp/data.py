@@ -13,7 +13,6 @@ only; anything else (``os.system``, ``builtins.eval``, any class) is refused bef
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import warnings
 import struct
@@ -26,6 +25,7 @@ import numpy as np
 from interp.errors import DataError, DataWarning
 from interp.mmsa import LAYOUTS, SplitExtras, detect_layout, mmsa_to_mult
 from interp.padding import stack_lengths
+from interp.guard import check_nesting, check_planted_info, clean_text, read_json
 from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
 
 #: Split names in their canonical order.
@@ -239,6 +239,7 @@ def load_dataset(path: Path | str, format: str | None = None) -> Dataset:
     if format is not None and format not in LAYOUTS:
         raise DataError(f"unknown data format {format!r}; choose {' or '.join(LAYOUTS)} (or leave it out to detect it)")
     raw = safe_load_pickle(path)
+    check_nesting(raw, str(path))
     digest = sha256_file(path)
     layout = format or detect_layout(raw)
     extras: dict[str, SplitExtras] = {}
@@ -336,6 +337,7 @@ def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, 
     A 2-D (N, d) array gets T = 1. Values beyond float32's range become inf on conversion and are counted too.
     """
     where = f"{split}/{modality}"
+    _refuse_complex(where, value)
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
@@ -357,6 +359,7 @@ def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, 
 
 def _label_array(split: str, value: Any) -> np.ndarray:
     """Float32 labels with singleton axes after the first dropped: (N,1,1) -> (N,), (N,1,6) -> (N,6)."""
+    _refuse_complex(f"{split}/labels", value)
     try:
         labels = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
@@ -370,16 +373,28 @@ def _label_array(split: str, value: Any) -> np.ndarray:
     return labels
 
 
+def _refuse_complex(where: str, value: Any) -> None:
+    """Complex numbers would lose their imaginary part silently on the conversion to float32."""
+    try:
+        complex_values = np.iscomplexobj(value) or (
+            isinstance(value, np.ndarray) and value.dtype == object and any(isinstance(v, complex) for v in value.flat))
+    except (TypeError, ValueError):
+        return  # not array-like: the conversion below says so
+    if complex_values:
+        raise DataError(f"{where} holds complex numbers; features and labels must be real numbers")
+
+
 def _squeeze_sample_axes(array: np.ndarray) -> np.ndarray:
     """Drop singleton axes except the first (the sample axis), so N = 1 keeps its axis."""
     return array.reshape((array.shape[0],) + tuple(size for size in array.shape[1:] if size != 1))
 
 
 def _to_text(value: Any) -> str:
-    """A str from a str / numpy str / bytes / number element (bytes decoded as UTF-8)."""
+    """A str from a str / numpy str / bytes / number element (bytes decoded as UTF-8; lone UTF-16 surrogates,
+    which no file format can encode, written as ``\\udcXX`` escapes)."""
     if isinstance(value, (bytes, bytearray, np.bytes_)):
         return bytes(value).decode("utf-8", errors="replace")
-    return str(value)
+    return clean_text(str(value))
 
 
 def _raw_ids(split: str, value: Any, n: int) -> list[str]:
@@ -476,13 +491,7 @@ def read_planted(path: Path | str, sha256: str | None = None) -> dict[str, Any] 
     sidecar = path.with_name(path.stem + PLANTED_SUFFIX)
     if not sidecar.is_file():
         return None
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeError, json.JSONDecodeError) as error:
-        raise DataError(f"cannot read the planted map {sidecar} ({error}); delete it or regenerate the data") from None
-    planted = info.get("planted") if isinstance(info, dict) else None
-    if not isinstance(planted, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in planted.items()):
-        raise DataError(f"{sidecar} has no {{concept: feature}} map under 'planted'; delete it or regenerate the data")
+    info = check_planted_info(read_json(sidecar, DataError, "delete it or regenerate the data"), str(sidecar))
     recorded = info.get("data_sha256")
     if sha256 is not None and recorded is not None and recorded != sha256:
         raise DataError(
@@ -542,6 +551,11 @@ def targets(labels: np.ndarray, task: str) -> np.ndarray:
         raise DataError(
             f"data labels have shape {_shape(labels)} but task {task} needs {len(concepts)} emotion scores "
             f"({', '.join(concepts)}) per sample; {_task_hint(array)}"
+        )
+    if task == "emotion" and array.size and array.min() < -SENTIMENT_TOLERANCE:
+        raise DataError(
+            f"emotion scores are intensities >= 0 (0 = absent) but reach {array.min():g}; "
+            "check that the data file is the one you meant"
         )
     return (array > 0).astype(np.float32)
 

@@ -89,6 +89,7 @@ def run_demo(
     progress: bool = True,
     *,
     threads: int | None = 1,
+    force: bool = False,
 ) -> Path:
     """Run the whole pipeline on synthetic planted-truth data under ``out``; returns the report's index.html.
 
@@ -96,11 +97,18 @@ def run_demo(
     model is small, so more threads gain little, and on a machine whose cores are busy with other work several
     threads wait on each other (an epoch measured 5 s with one thread and 118 s with two on a loaded 2-core machine).
     ``threads=None`` keeps torch's setting.
+
+    ``out`` must be new, empty, or a folder an earlier demo made (it holds :data:`interp.outputs.DEMO_MARKER`):
+    the demo replaces its own files there. ``force`` writes into any folder.
     """
     import torch
 
+    from interp.outputs import DEMO_MARKER, check_demo_folder
+    from interp.runs import atomic_write_text
     from interp.train import resolve_device
 
+    check_demo_folder(out, force)
+    atomic_write_text(Path(out) / DEMO_MARKER, "written by `interp demo`: it may replace the files in this folder\n")
     previous = torch.get_num_threads()
     if threads is not None and resolve_device(device).type == "cpu":
         torch.set_num_threads(max(1, int(threads)))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.data import get_split, load_dataset, targets
+from interp.outputs import check_not_input, check_replaceable_file
 from interp.metrics import task_metrics
 from interp.runs import atomic_write_text
 from interp.train import (
@@ -78,13 +79,20 @@ def evaluate(
     torch_device = resolve_device(device)
     loaded = load_checkpoint(ckpt, torch_device)
     data_path = resolve_data_path(loaded.checkpoint, data)
+    path = Path(out) if out is not None else Path(ckpt).with_name(f"{Path(ckpt).stem}.eval-{split}.json")
+    check_not_input(path, {"checkpoint": ckpt, "data file": data_path})
+    check_replaceable_file(path, _is_metrics, "a metrics JSON written by `interp eval`")
     dataset = load_dataset(data_path, format=format)
     chosen = get_split(dataset, split)
     check_compatible(loaded, dataset, chosen)
     logits = predict_logits(loaded.model, chosen, torch_device, batch_size, masks_padding(loaded.checkpoint))
     scores = chosen.labels.reshape(-1) if loaded.task == "sentiment" else None
     metrics = task_metrics(loaded.task, logits, targets(chosen.labels, loaded.task), loaded.concepts, scores=scores)
-    path = Path(out) if out is not None else Path(ckpt).with_name(f"{Path(ckpt).stem}.eval-{split}.json")
     result = EvalResult(task=loaded.task, split=split, metrics=metrics, path=path, checkpoint=Path(ckpt), data=data_path)
     atomic_write_text(path, json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def _is_metrics(value: Any) -> bool:
+    """True for the JSON of :meth:`EvalResult.to_dict` (what `interp eval` may replace)."""
+    return isinstance(value, dict) and {"task", "split", "metrics"} <= set(value)

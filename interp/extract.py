@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
 from interp import distributed
 from interp.data import Dataset, Split, get_split, load_dataset, seq_lens, targets
 from interp.errors import InterpError
+from interp.outputs import check_not_input
 from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter, check_target, finalize_run, make_temp_dir
@@ -371,6 +372,7 @@ def _prepare(
     for part in source.parts:
         check_compatible(loaded, dataset, part)
     out_dir = Path(out) if out is not None else default_run_dir(ckpt, source.name, runs_root)
+    check_not_input(out_dir, {"checkpoint": ckpt, "data file": dataset.path}, holds=True)
     return loaded, dataset, source, out_dir
 
 

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from interp.html import template_environment
 from interp.errors import InterpError, RunError
+from interp.guard import printable, strip_xml_invalid, xml_safe
 from interp.runs import (
     DEFAULT_REPORTS_ROOT,
     atomic_write_bytes,
@@ -203,12 +204,12 @@ def check_sample_ids(run: Path | str, sample_ids: Sequence[str], known: Sequence
             continue
         close = difflib.get_close_matches(sample_id, known, n=3, cutoff=0.5)
         if close:
-            hint = f"closest ids: {', '.join(close)}"
+            hint = f"closest ids: {', '.join(map(printable, close))}"
         elif known:
-            hint = f"ids look like: {', '.join(known[:3])}"
+            hint = f"ids look like: {', '.join(map(printable, known[:3]))}"
         else:
             hint = "the run has no samples"
-        raise InterpError(f"no sample {sample_id!r} in run {run_name(run)}; {hint}")
+        raise InterpError(f"no sample {printable(repr(sample_id))} in run {printable(run_name(run))}; {hint}")
 
 
 def _choose_concept(
@@ -432,6 +433,12 @@ def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _plain(text: str) -> str:
+    """Untrusted text (ids, transcripts) as figure text: control characters shown escaped, so the SVG stays
+    valid XML (the title is drawn with ``parse_math=False``: ``$`` is literal)."""
+    return xml_safe(printable(text))
+
+
 def _truth_text(explanation: SampleExplanation) -> str:
     label = explanation.label or "(none)"
     if explanation.score is not None:
@@ -471,13 +478,14 @@ def plot_sample(explanation: SampleExplanation, *, dpi: int = 100) -> Any:
     # Title: who, truth, prediction, transcript.
     verdict = "correct" if e.correct else "wrong"
     title = (
-        f"Sample {_shorten(e.sample_id, 70)}   ·   split: {e.split or '?'}   ·   run: {_shorten(e.run, 40)}\n"
-        f"true: {_truth_text(e)}   ·   predicted: {_pred_text(e)} ({verdict})   ·   "
-        f"outlined: {e.concept} ({e.concept_reason})"
+        f"Sample {_plain(_shorten(e.sample_id, 70))}   ·   split: {_plain(e.split or '?')}   ·   "
+        f"run: {_plain(_shorten(e.run, 40))}\n"
+        f"true: {_plain(_truth_text(e))}   ·   predicted: {_plain(_pred_text(e))} ({verdict})   ·   "
+        f"outlined: {_plain(e.concept)} ({e.concept_reason})"
     )
     if e.transcript:
         quote = textwrap.shorten(" ".join(e.transcript.split()), width=220, placeholder=" …")
-        title += "\n" + "\n".join(textwrap.wrap(f"“{quote}”", width=130))
+        title += "\n" + "\n".join(textwrap.wrap(f"“{_plain(quote)}”", width=130))
     fig.suptitle(title, fontsize=11.5, linespacing=1.5, parse_math=False)  # ids ("<video>$_$<clip>") and words hold $
 
     # Heatmap.
@@ -562,7 +570,7 @@ def figure_bytes(figure: Any, fmt: str, dpi: int = 150) -> bytes:
     buffer = io.BytesIO()
     metadata: dict[str, Any] = {"Date": None} if fmt == "svg" else {"Software": None}
     figure.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
-    return buffer.getvalue()
+    return strip_xml_invalid(buffer.getvalue()) if fmt == "svg" else buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------- HTML pages

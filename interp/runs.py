@@ -6,13 +6,13 @@ or, after a distributed extraction, one ``samples-rank<k>.parquet`` / ``routing-
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from interp.errors import RunError
+from interp.guard import check_meta, read_json
 from interp.schema import META_FILE, ROUTING_FILE, ROUTING_SHARD_GLOB, SAMPLES_FILE, SAMPLES_SHARD_GLOB
 
 DEFAULT_RUNS_ROOT = Path("runs")
@@ -62,11 +62,9 @@ def resolve_runs(runs: "Sequence[Path | str] | Path | str | None", runs_root: Pa
     return [resolve_run(run, runs_root) for run in runs]
 
 
-_META_KEYS = ("task", "concepts", "features", "J", "n")
-
-
 def check_run(run: Path | str) -> dict[str, Any]:
-    """Check a run's meta.json and the schema of its tables (parquet footers only, cheap); returns the meta.
+    """Check a run's meta.json (:func:`interp.guard.check_meta`) and the schema of its tables (parquet footers
+    only, cheap); returns the meta.
 
     Raises :class:`RunError` naming the first missing table, missing column or column of the wrong type.
     """
@@ -75,12 +73,7 @@ def check_run(run: Path | str) -> dict[str, Any]:
 
     run = Path(run)
     meta = read_meta(run)
-    missing = [key for key in _META_KEYS if key not in meta]
-    if missing:
-        raise RunError(f"{run / META_FILE} lacks {', '.join(missing)}; extract the run again")
     concepts, features = list(meta["concepts"]), list(meta["features"])
-    if len(concepts) != meta["J"] or not concepts or not features:
-        raise RunError(f"{run / META_FILE} is inconsistent (J = {meta['J']} but {len(concepts)} concepts); extract again")
 
     def is_text(t: pa.DataType) -> bool:
         if pa.types.is_dictionary(t):
@@ -119,14 +112,9 @@ def check_run(run: Path | str) -> dict[str, Any]:
 
 
 def read_meta(run: Path | str) -> dict[str, Any]:
-    """The run's meta.json as a dict."""
+    """The run's meta.json as a dict, checked against its schema (:func:`interp.guard.check_meta`)."""
     path = Path(run) / META_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; extract the run again with `interp extract`") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"{path} cannot be read ({error}); extract the run again") from None
+    return check_meta(read_json(path, RunError, "extract the run again with `interp extract`"), path)
 
 
 def routing_files(run: Path | str) -> list[Path]:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interp.errors import RunError
+from interp.outputs import check_replaceable_run
 from interp.schema import (
     FEATURES,
     META_FILE,
@@ -353,15 +354,17 @@ class RunWriter:
 
 
 def check_target(out: Path, force: bool) -> None:
-    """Refuse to replace an existing run (or any existing path) unless ``force``."""
+    """Refuse to replace an existing path unless ``force``; with ``force`` only a run folder is replaced
+    (:func:`interp.outputs.check_replaceable_run`)."""
     if out.exists() and not force:
         raise RunError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists():
+        check_replaceable_run(out)
 
 
 def make_temp_dir(out: Path, token: str | None = None) -> Path:
     """A hidden temp folder beside ``out`` (same file system, so the final rename is atomic)."""
+    out = Path(os.path.abspath(out))  # "." or "a/..": a real name and parent
     out.parent.mkdir(parents=True, exist_ok=True)
     return out.parent / f".{out.name}.tmp-{token or uuid.uuid4().hex[:12]}"
 
@@ -378,7 +381,13 @@ def finalize_run(temp_dir: Path, out: Path, meta: dict[str, Any], force: bool = 
         if not force:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise RunError(f"{out} already exists; pass --force to replace it, or --out to write elsewhere")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+        try:
+            check_replaceable_run(out)  # again: something may have been put there while extracting
+        except RunError:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        absolute = Path(os.path.abspath(out))
+        old = absolute.parent / f".{absolute.name}.old-{uuid.uuid4().hex[:12]}"
         os.replace(out, old)
     os.replace(temp_dir, out)
     if old is not None:

@@ -36,6 +36,8 @@ from scipy.special import ndtr
 from interp.runs import atomic_write_bytes
 from interp.data import PLANTED_SUFFIX, SPLITS
 from interp.errors import InterpError
+from interp.guard import check_memory, check_seed
+from interp.outputs import looks_like_synthetic
 from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS, concept_names
 
 #: Norm of the signal direction in every time step (the latent's amplitude).
@@ -46,6 +48,11 @@ DISTRACTOR = 1.0
 SENTIMENT_JITTER = 0.3
 #: Default feature sizes (d_text, d_audio, d_vision).
 DEFAULT_DIMS: tuple[int, int, int] = (16, 12, 10)
+#: Memory while generating, per feature value (float32 kept, float64 temporaries, the pickled copy) and per sample
+#: (its id, transcript and labels as Python objects); :func:`interp.guard.check_memory` refuses more than half
+#: the machine's memory.
+BYTES_PER_VALUE = 24
+BYTES_PER_SAMPLE = 600
 #: Format tag of the planted JSON.
 PLANTED_FORMAT = "interp-synthetic"
 
@@ -124,11 +131,16 @@ def _validate(
     numeric = isinstance(noise, (int, float, np.floating)) and not isinstance(noise, bool)
     if not numeric or not math.isfinite(noise) or noise < 0:
         raise InterpError(f"noise must be a finite number >= 0, got {noise!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InterpError(f"seed must be a whole number >= 0, got {seed!r}")
+    check_seed(seed)
     dims3 = tuple(dims)
     if len(dims3) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in dims3):
         raise InterpError(f"dims must be three feature sizes (text, audio, vision) >= 1, got {dims!r}")
+    n_total = int(n_train) + int(n_valid) + int(n_test)
+    check_memory(
+        n_total * (BYTES_PER_VALUE * int(seq_len) * sum(int(d) for d in dims3) + BYTES_PER_SAMPLE),
+        f"synthetic data of {n_total:,} samples x {seq_len:,} steps x {sum(int(d) for d in dims3)} features",
+        "choose fewer samples (--n-train, --n-valid, --n-test) or a shorter --seq-len",
+    )
     mapping = dict(DEFAULT_PLANTED[task] if planted is None else planted)
     if set(mapping) != set(concepts):
         raise InterpError(
@@ -245,6 +257,12 @@ def write_synthetic(
     Both files are written atomically (temp file, then rename) and byte-for-byte deterministic given the arguments.
     """
     out = Path(out)
+    for existing, what in ((out, f"--out {out}"), (planted_path_for(out), f"{planted_path_for(out)} (the planted map)")):
+        if existing.exists() and not looks_like_synthetic(out, PLANTED_FORMAT):
+            raise InterpError(
+                f"{what} exists and is not synthetic data written by `interp data synth`; "
+                "writing would replace it: choose another --out"
+            )
     data, mapping = synthesize(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)
     payload = pickle.dumps(data, protocol=4)
     digest = hashlib.sha256(payload).hexdigest()

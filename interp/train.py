@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 import interp
-from interp.data import Dataset, Split, get_split, input_dims, load_dataset, targets
+from interp.data import PLANTED_SUFFIX, Dataset, Split, get_split, input_dims, load_dataset, targets
 from interp.errors import CheckpointError, DataError, InterpError
+from interp import guard
+from interp.outputs import check_not_input, check_replaceable_checkpoint
 from interp.metrics import HEADLINE, task_metrics
 from interp.model import ModelConfig, RoutingModel
 from interp.progress import progress_bar
@@ -211,6 +213,13 @@ def train(
     for name, value in (("embed", embed_dropout), ("attn", attn_dropout), ("relu", relu_dropout), ("res", res_dropout)):
         if not 0.0 <= value < 1.0:
             raise InterpError(f"--{name}-dropout must be in [0, 1), got {value}")
+    if lr is not None:
+        guard.check_lr(lr)
+    guard.check_seed(seed)
+    source = Path(dataset.path if dataset is not None else data_path)
+    check_not_input(out, {"data file": source, "planted map beside the data": _planted_sidecar(source)})
+    if not resume:
+        check_replaceable_checkpoint(out)
     out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after the first epoch
     if out.is_dir():
         raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
@@ -234,6 +243,7 @@ def train(
         relu_dropout=relu_dropout,
         res_dropout=res_dropout,
     )
+    guard.check_model_config(config, "the model", training=True)
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -283,9 +293,7 @@ def train(
                     )
                     loss = criterion(output.logits, target[batch].to(torch_device))
                     if not torch.isfinite(loss):
-                        raise InterpError(
-                            f"the training loss became {loss.item()} at epoch {epoch}; lower --lr or check the data"
-                        )
+                        raise InterpError(_diverged("training", loss.item(), epoch, learning_rate, best, out))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -295,6 +303,8 @@ def train(
                     bar.advance()
                     bar.update(f"loss {total / seen:.4f}")
                 valid_loss, valid_metrics = split_metrics(model, valid_split, task, torch_device)
+                if not math.isfinite(valid_loss):
+                    raise InterpError(_diverged("validation", valid_loss, epoch, learning_rate, best, out))
                 bar.update(f"loss {total / seen:.4f}  valid loss {valid_loss:.4f}  {headline} {valid_metrics[headline]:.4f}")
             history.append({"epoch": epoch, "train_loss": total / seen, "valid_loss": valid_loss, **valid_metrics})
             if valid_loss < best["loss"]:
@@ -307,7 +317,8 @@ def train(
                 stale = 0
             else:
                 stale += 1
-            _save(out, model, optimizer, config, settings, dataset, best, stale, history, epoch)
+            if best["state_dict"] is not None:  # never replace a file at --out before there is a valid epoch
+                _save(out, model, optimizer, config, settings, dataset, best, stale, history, epoch)
     except KeyboardInterrupt:
         if best["state_dict"] is not None:
             print(
@@ -317,7 +328,10 @@ def train(
             )
         raise
     if best["state_dict"] is None:
-        raise InterpError("no epoch was trained (is --epochs below the resumed epoch?)")
+        raise InterpError(
+            f"no epoch was trained: the resumed checkpoint {out} has already run {start_epoch - 1} epoch(s) and "
+            f"--epochs is {epochs}; raise --epochs to continue"
+        )
     return TrainResult(
         checkpoint=out,
         task=task,
@@ -330,6 +344,24 @@ def train(
         n_parameters=model.n_parameters(),
         device=str(torch_device),
         history=history,
+    )
+
+
+def _planted_sidecar(data_path: Path) -> Path:
+    """``<stem>.planted.json`` beside a data file (see :func:`interp.data.read_planted`)."""
+    return data_path.with_name(data_path.stem + PLANTED_SUFFIX)
+
+
+def _diverged(which: str, value: float, epoch: int, lr: float, best: dict[str, Any], out: Path) -> str:
+    """The message of a training stopped by a non-finite loss: which loss, epoch and value, what was kept, what to try."""
+    kept = (
+        f"the checkpoint of epoch {best['epoch']} (the best before) is kept at {out}"
+        if best["state_dict"] is not None
+        else (f"{out} is left as it was" if out.exists() else f"nothing was written to {out}")
+    )
+    return (
+        f"training stopped: the {which} loss became {value} at epoch {epoch} with learning rate {lr:g}; {kept}; "
+        f"try a lower --lr (e.g. {lr / 10:g}) or check the data for extreme feature values"
     )
 
 
@@ -469,6 +501,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     missing = [key for key in ("state_dict", "config", "task", "concepts", "data", "train") if key not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; train it again with `interp train`")
+    guard.check_checkpoint(checkpoint, path)
     return checkpoint
 
 
@@ -478,11 +511,14 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Loa
 
     checkpoint = read_checkpoint(path)
     config = ModelConfig.from_dict(checkpoint["config"])
+    guard.check_model_config(config, f"checkpoint {path}")
     model = RoutingModel(config)
     try:
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not match its own model config ({str(error)[:160]})") from None
+    except (RuntimeError, TypeError, KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own model config ({guard.one_line(error)[:300]})"
+        ) from None
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=Path(path), sha256=sha256_file(path))
 

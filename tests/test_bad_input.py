@@ -2,7 +2,8 @@
 
 Each case runs `python -m interp.cli ...` in a fresh process, as a user would, and checks the exit code, that
 stderr is a single line without a traceback, a keyword of the message, and that no output was created or
-damaged. The table of cases and what each got is printed by `pytest -s -k bad_input_table`.
+damaged. The table of cases and what each got is printed at the end of the file's run:
+`pytest -s tests/test_bad_input.py` (the table holds the cases run in that session).
 """
 
 from __future__ import annotations
@@ -386,6 +387,288 @@ def test_untrusted_ids_and_transcripts_are_escaped_and_contained(tmp_path: Path)
         text = page.read_text()
         assert "<script>alert(1)</script>" not in text, page
         assert "<img src=x" not in text, page
+
+
+# ------------------------------------------------------------------------------------- nothing lost (issue 11)
+
+
+def _project(tmp_path: Path, checkpoint: Path) -> Path:
+    """A user's project folder: notes, a model and its data, and a sub-folder; --force must never touch it."""
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "notes.txt").write_text("my notes\n")
+    (project / "sub" / "draft.md").write_text("# draft\n")
+    shutil.copy(checkpoint, project / "model.pt")
+    mult_pickle(project / "data.pkl")
+    return project
+
+
+def test_force_replaces_only_a_run_folder(trained_checkpoint: Path, extracted_run: Path, tmp_path: Path) -> None:
+    project = _project(tmp_path, trained_checkpoint)
+    before = digest(project)
+    args = ["--device", "cpu", "--quiet", "--force"]
+    result = run_cli("extract", "--ckpt", str(trained_checkpoint), "--out", str(project), *args)
+    record("extract --out PROJECT --force (a folder that is not a run)", result)
+    line = one_line_error(result, "replaces only a run folder")
+    assert "notes.txt" in line
+    result = run_cli("extract", "--ckpt", str(project / "model.pt"), "--out", str(project), *args)
+    record("extract --out FOLDER --force where FOLDER holds the checkpoint", result)
+    one_line_error(result, "holds the checkpoint")
+    run = _copy_run(extracted_run, tmp_path, "here")
+    run_before = digest(run)
+    result = run_cli("extract", "--ckpt", str(trained_checkpoint), "--out", ".", *args, cwd=run)
+    record("extract --out . --force inside that run folder", result)
+    one_line_error(result, "current folder")
+    assert digest(project) == before and digest(run) == run_before
+    (run / "faithfulness.json").write_text("{}")  # what `interp faithfulness` writes into a run folder by default
+    result = run_cli("extract", "--ckpt", str(trained_checkpoint), "--out", str(run), *args)
+    assert result.returncode == 0, result.stderr  # a run folder is still replaced
+    assert sorted(p.name for p in run.iterdir()) == ["meta.json", "routing.parquet", "samples.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "project"], "a temp folder was left behind"
+
+
+def test_demo_refuses_a_folder_it_did_not_make(trained_checkpoint: Path, tmp_path: Path) -> None:
+    project = _project(tmp_path, trained_checkpoint)
+    before = digest(project)
+    result = run_cli("demo", "--out", str(project), "--quick", "--quiet", "--device", "cpu")
+    record("demo --out PROJECT (not empty, not made by the demo)", result)
+    line = one_line_error(result, "not made by `interp demo`")
+    assert "--force" in line
+    assert digest(project) == before
+
+
+def test_failed_training_leaves_a_good_checkpoint_byte_identical(trained_checkpoint: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    shutil.copy(trained_checkpoint, good)
+    before = good.read_bytes()
+
+    def extreme(data: dict) -> None:  # finite float32 values whose products overflow: the loss is NaN at epoch 1
+        for split in data.values():
+            split["text"][:] = 3e38
+
+    data = mult_pickle(tmp_path / "extreme.pkl", dims=(16, 12, 10), mutate=extreme)
+    result = run_cli("train", "--data", str(data), "--out", str(good), *TINY_TRAIN)
+    record("training whose loss is NaN at epoch 1, --out = a good checkpoint", result)
+    line = one_line_error(result, "epoch 1")
+    assert "lower --lr" in line and "left as it was" in line
+    result = run_cli("train", "--data", str(data), "--out", str(good), *TINY_TRAIN, "--lr", "1e20")
+    record("train --lr 1e20 over a good checkpoint", result)
+    one_line_error(result, "learning rate")
+    assert good.read_bytes() == before
+    def extreme_valid(data: dict) -> None:  # training is fine, the validation loss is NaN
+        data["valid"]["text"][:] = 3e38
+
+    valid_nan = mult_pickle(tmp_path / "valid-nan.pkl", dims=(16, 12, 10), mutate=extreme_valid)
+    result = run_cli("train", "--data", str(valid_nan), "--out", str(good), *TINY_TRAIN)
+    record("training whose validation loss is NaN, --out = a good checkpoint", result)
+    line = one_line_error(result, "validation loss became nan at epoch 1")
+    assert "left as it was" in line
+    assert good.read_bytes() == before
+    fresh = tmp_path / "fresh.pt"
+    result = run_cli("train", "--data", str(data), "--out", str(fresh), *TINY_TRAIN)
+    one_line_error(result, "nothing was written")
+    assert not fresh.exists()
+
+
+def test_an_output_is_never_an_input(trained_checkpoint: Path, extracted_run: Path, tmp_path: Path) -> None:
+    from interp.synth import write_synthetic
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    model = folder / "m.pt"
+    shutil.copy(trained_checkpoint, model)
+    data = write_synthetic(folder / "d.pkl", n_train=40, n_valid=20, n_test=20, seed=1).data_path
+    notes = folder / "notes.txt"
+    notes.write_text("not a checkpoint")
+    (folder / "notes.json").write_text('{"mine": 1}')
+    run = _copy_run(extracted_run, folder, "run")
+    before = digest(folder)
+    cases = [
+        ("eval --out = --ckpt", ["eval", "--ckpt", str(model), "--data", str(data), "--out", str(model)],
+         "is the checkpoint"),
+        ("eval --out = --data", ["eval", "--ckpt", str(model), "--data", str(data), "--out", str(data)],
+         "is the data file"),
+        ("eval --out over a JSON file it did not write",
+         ["eval", "--ckpt", str(model), "--data", str(data), "--out", str(folder / "notes.json")], "not a metrics JSON"),
+        ("train --out = --data", ["train", "--data", str(data), "--out", str(data), *TINY_TRAIN], "is the data file"),
+        ("train --out = the planted map beside --data",
+         ["train", "--data", str(data), "--out", str(folder / "d.planted.json"), *TINY_TRAIN], "planted map"),
+        ("train --out over a file that is not a checkpoint",
+         ["train", "--data", str(data), "--out", str(notes), *TINY_TRAIN], "not an interp checkpoint"),
+        ("extract --out = --ckpt", ["extract", "--ckpt", str(model), "--data", str(data), "--out", str(model),
+                                    "--force", "--device", "cpu"], "is the checkpoint"),
+        ("data synth --out over a file it did not write", ["data", "synth", "--out", str(notes)], "not synthetic data"),
+        ("global --out = --run", ["global", "--run", str(run), "--out", str(run)], "is the run"),
+        ("report --out inside --run", ["report", "--run", str(run), "--out", str(run / "report")], "inside the run"),
+        ("local --out inside --run", ["local", "--run", str(run), "--random", "1", "--out", str(run / "l")],
+         "inside the run"),
+    ]
+    for case, args, keyword in cases:
+        result = run_cli(*args)
+        record(case, result)
+        one_line_error(result, keyword)
+    assert digest(folder) == before
+
+
+def _deep_pickle(path: Path, depth: int = 100_000) -> Path:
+    """A MulT-layout pickle whose ``id`` is a list nested ``depth`` deep, written opcode by opcode (pickle.dumps
+    itself would overflow the stack; protocol 2 has no frames to adjust). Loading it is iterative; walking it
+    recursively is not."""
+    import struct
+
+    mult_pickle(path, mutate=lambda data: data["train"].__setitem__("id", "DEEP-MARKER"))
+    with open(path, "rb") as handle:
+        data = pickle.load(handle)
+    raw = pickle.dumps(data, protocol=2)
+    token = b"X" + struct.pack("<I", 11) + b"DEEP-MARKER"  # BINUNICODE of the marker
+    assert raw.count(token) == 1
+    path.write_bytes(raw.replace(token, b"]" * depth + b"a" * (depth - 1)))
+    return path
+
+
+def test_hostile_values_at_the_boundary(trained_checkpoint: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    cases = []
+    deep = _deep_pickle(tmp_path / "deep.pkl")
+    cases.append(("data pickle with a list nested 10^5 deep",
+                  run_cli("train", "--data", str(deep), "--out", str(model), *TINY_TRAIN), "nests containers"))
+    planted = mult_pickle(tmp_path / "p.pkl")
+    (tmp_path / "p.planted.json").write_text("[" * 100_000 + "]" * 100_000)
+    cases.append(("planted JSON nested 10^5 deep",
+                  run_cli("train", "--data", str(planted), "--out", str(model), *TINY_TRAIN), "planted.json"))
+
+    def complex_audio(data: dict) -> None:
+        data["train"]["audio"] = data["train"]["audio"] + 1j
+
+    cases.append(("complex feature values", run_cli("train", "--data", str(mult_pickle(tmp_path / "c.pkl",
+                  mutate=complex_audio)), "--out", str(model), *TINY_TRAIN), "complex"))
+
+    def negative_emotions(data: dict) -> None:
+        for split in data.values():
+            split["labels"] = np.abs(np.random.default_rng(0).normal(size=(12, 1, 6))).astype(np.float32)
+        data["valid"]["labels"][2, 0, 4] = -1.5
+
+    emotion = mult_pickle(tmp_path / "e.pkl", mutate=negative_emotions)
+    cases.append(("negative emotion scores", run_cli("train", "--data", str(emotion), "--task", "emotion",
+                  "--out", str(model), *TINY_TRAIN), "intensities >= 0"))
+    for option, value, command in [
+        ("--bootstrap-samples", str(10**12), ["global", "--interval", "bootstrap"]),
+        ("--seq-len", str(10**9), ["data", "synth", "--out", str(tmp_path / "s.pkl")]),
+        ("--n-train", str(10**11), ["data", "synth", "--out", str(tmp_path / "s.pkl")]),
+        ("--seed", str(2**70), ["train", "--data", str(planted), "--out", str(model)]),
+        ("--seed", "-1", ["global"]),
+        ("--lr", "inf", ["train", "--data", str(planted), "--out", str(model)]),
+        ("--num-workers", "100000", ["extract", "--ckpt", str(trained_checkpoint), "--out", str(tmp_path / "r")]),
+        ("--d-model", str(2**20), ["train", "--data", str(mult_pickle(tmp_path / "g.pkl")), "--out", str(model),
+                                   "--n-heads", "1"]),
+    ]:
+        result = run_cli(*command, option, value, cwd=tmp_path)
+        cases.append((f"{command[0]} {option} {value}", result, "memory" if option in ("--seq-len", "--n-train")
+                      else option.lstrip("-").split("-")[0]))
+    for case, result, keyword in cases:
+        record(case, result)
+        one_line_error(result, keyword)
+    assert not model.exists() and not (tmp_path / "s.pkl").exists()
+
+
+def _edit_checkpoint(source: Path, target: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_checkpoint_entries_are_checked(trained_checkpoint: Path, tmp_path: Path) -> None:
+    def setter(*keys, value):  # type: ignore[no-untyped-def]
+        def edit(checkpoint: dict) -> None:
+            node = checkpoint
+            for key in keys[:-1]:
+                node = node[key]
+            node[keys[-1]] = value(node[keys[-1]]) if callable(value) else value
+        return edit
+
+    cases = [
+        ("checkpoint 'data' is a string", setter("data", value="d.pkl"), "data must be an object"),
+        ("checkpoint 'train' is a list", setter("train", value=[]), "train must be an object"),
+        ("checkpoint 'state_dict' holds numbers", setter("state_dict", value={"w": 1}), "state_dict"),
+        ("checkpoint 'concepts' is a string", setter("concepts", value="-3-2-10123"), "concepts"),
+        ("checkpoint with duplicate concept names", setter("concepts", value=["-3"] * 7), "more than once"),
+        ("checkpoint of an unknown version", setter("version", value=99), "version"),
+        ("checkpoint with input_dims of 10^9", setter("config", "input_dims", value=[10**9, 12, 10]), "input_dims"),
+        ("checkpoint with d_model 2^24", setter("config", "d_model", value=2**24), "d_model"),
+        ("checkpoint with routing_iterations 10^6", setter("config", "routing_iterations", value=10**6),
+         "routing_iterations"),
+        ("checkpoint whose weights have the wrong shape (multi-line torch error)",
+         setter("state_dict", value=lambda state: {k: v[..., :1] if v.ndim == 2 else v for k, v in state.items()}),
+         "does not match"),
+    ]
+    for index, (case, edit, keyword) in enumerate(cases):
+        bad = _edit_checkpoint(trained_checkpoint, tmp_path / f"bad{index}.pt", edit)
+        result = run_cli("eval", "--ckpt", str(bad), "--device", "cpu", timeout=120)
+        record(case, result)
+        one_line_error(result, keyword)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_meta_json_is_checked(extracted_run: Path, tmp_path: Path) -> None:
+    import json
+
+    meta = json.loads((extracted_run / "meta.json").read_text())
+    cases = [
+        ("meta.json is a list", json.dumps([meta]).encode(), "not the object"),
+        ("meta.json is not UTF-8", json.dumps(meta).encode().replace(b'"task"', b'"t\xe9sk"'), "not UTF-8"),
+        ("meta.json with J a string", json.dumps({**meta, "J": "7"}).encode(), "J must be"),
+        ("meta.json with a planted map of numbers", json.dumps({**meta, "planted": {"-3": 3}}).encode(), "planted"),
+        ("meta.json with train.valid_loss a string",
+         json.dumps({**meta, "train": {**meta["train"], "valid_loss": "low"}}).encode(), "valid_loss"),
+    ]
+    for index, (case, content, keyword) in enumerate(cases):
+        run = _copy_run(extracted_run, tmp_path, f"run{index}")
+        (run / "meta.json").write_bytes(content)
+        before = digest(run)
+        result = run_cli("global", "--run", str(run), "--out", str(tmp_path / "out"))
+        record(case, result)
+        one_line_error(result, keyword)
+        assert digest(run) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_ids_with_control_characters_and_surrogates(trained_checkpoint: Path, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    def hostile_ids(data: dict) -> None:
+        for name, split in data.items():
+            split["id"] = np.array([f"{name}-{k}" for k in range(12)], dtype=object)
+            split["transcript"] = np.array(["fine"] * 12, dtype=object)
+        data["test"]["id"][:4] = ["nul\x00id", "esc\x1b[31mred", "new\nline", "lone\udc80surrogate"]
+        data["test"]["transcript"][3] = "a lone \ud800 surrogate and an \x1b escape"
+
+    data = mult_pickle(tmp_path / "ids.pkl", dims=(16, 12, 10), mutate=hostile_ids)
+    run = tmp_path / "run"
+    result = run_cli("extract", "--ckpt", str(trained_checkpoint), "--data", str(data), "--out", str(run),
+                     "--device", "cpu", "--quiet")
+    RESULTS.append(("lone UTF-16 surrogates in an id and a transcript (extract)", str(result.returncode),
+                    result.stdout.strip()[-100:]))
+    assert result.returncode == 0, result.stderr
+    ids = pq.read_table(run / "samples.parquet", columns=["sample_id"]).column(0).to_pylist()
+    assert "lone\\udc80surrogate" in ids  # shown escaped, the other ids kept as they are
+    assert "esc\x1b[31mred" in ids
+    result = run_cli("local", "--run", str(run), "--sample-id", "esc[31mred", "--out", str(tmp_path / "l"))
+    record("unknown id whose closest ids hold ESC and a newline", result)
+    line = one_line_error(result, "closest ids")
+    assert "\x1b" not in result.stderr and "\\x1b" in line
+    out = tmp_path / "pages"
+    from interp.local import explain_sample, write_local_page
+
+    write_local_page(explain_sample(run, "nul\x00id"), out)  # no OS passes NUL in an argument: in-process
+    result = run_cli("local", "--run", str(run), "--sample-id", "esc\x1b[31mred", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    RESULTS.append(("local page of an id with ESC (stdout escaped, SVG valid XML)", "0", result.stdout.strip()[-100:]))
+    assert "\x1b" not in result.stdout and "\\x1b" in result.stdout
+    svgs = sorted(out.glob("*.svg"))
+    assert len(svgs) == 2
+    for svg in svgs:
+        ElementTree.parse(svg)  # raises ParseError on NUL / ESC
 
 
 def test_bad_input_table(capsys: pytest.CaptureFixture[str]) -> None:

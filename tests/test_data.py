@@ -158,7 +158,7 @@ def test_sentiment_clip_within_tolerance() -> None:
 
 
 def test_emotion_and_iemocap_targets() -> None:
-    scores = np.array([[0.0, 0.3, 0, 2, 0, -0.1], [1, 0, 0, 0, 0.01, 0]], dtype=np.float32)
+    scores = np.array([[0.0, 0.3, 0, 2, 0, -1e-6], [1, 0, 0, 0, 0.01, 0]], dtype=np.float32)
     expected = np.array([[0, 1, 0, 1, 0, 0], [1, 0, 0, 0, 1, 0]], dtype=np.float32)
     for labels in (scores, scores[:, None, :]):
         got = targets(labels, "emotion")
@@ -168,6 +168,8 @@ def test_emotion_and_iemocap_targets() -> None:
     one_hot = np.stack([1 - positive, positive], axis=-1)  # (N, 4, 2), index 1 = present
     np.testing.assert_array_equal(targets(one_hot, "iemocap"), positive)
     np.testing.assert_array_equal(targets(positive, "iemocap"), positive)
+    with pytest.raises(DataError, match="intensities >= 0"):  # MOSEI scores are 0..3: a negative one is wrong data
+        targets(scores - 0.5, "emotion")
 
 
 @pytest.mark.parametrize(

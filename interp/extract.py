@@ -150,6 +150,7 @@ def _open_writer(
         concepts=loaded.concepts,
         with_score=loaded.task == "sentiment",
         with_transcript=source.has_transcripts,
+        with_video=True,
         force=force,
         row_group_rows=row_group_rows,
         temp_dir=temp_dir,
@@ -197,6 +198,7 @@ def iterate_batches(
         else None
     )
     all_ids = np.array([sample_id for part in source.parts for sample_id in part.ids], dtype=object)
+    all_videos = np.array([video for part in source.parts for video in part.videos], dtype=object)
     split_names = np.array([part.name for part in source.parts], dtype=object)
     all_transcripts = (
         np.array([t for part in source.parts for t in part.transcripts], dtype=object)  # type: ignore[union-attr]
@@ -224,6 +226,7 @@ def iterate_batches(
                 contributions=output.contributions.float().cpu().numpy(),
                 scores=all_scores[index_np] if all_scores is not None else None,
                 transcripts=all_transcripts[index_np].tolist() if all_transcripts is not None else None,
+                videos=all_videos[index_np].tolist(),
             )
 
 
@@ -251,6 +254,7 @@ def run_meta(
         "data_sha256": dataset.sha256,
         "split": source.name,
         "n": n,
+        "n_videos": len({video for part in source.parts for video in part.videos}),
         "seq_lens": {part.name: list(seq_lens(part)) for part in source.parts},
         "model_config": loaded.config.to_dict(),
         "train": {k: v for k, v in checkpoint.get("train", {}).items() if k != "history"},

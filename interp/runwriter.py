@@ -73,7 +73,7 @@ class RunBatch:
     sample_ids: B strings; split: B split names (or one name for all); rows: (B,) int64 row within the split;
     targets: (B,) int class index (single-label tasks) or (B, J) 0/1 (multi-label tasks);
     scores: (B,) continuous label (sentiment) or None; logits: (B, J); p: (B, 7); r: (B, 7, J);
-    contributions: (B, 7, J); transcripts: B strings or None.
+    contributions: (B, 7, J); transcripts: B strings or None; videos: B video ids or None (older callers).
     """
 
     sample_ids: Sequence[str]
@@ -86,6 +86,7 @@ class RunBatch:
     contributions: np.ndarray
     scores: np.ndarray | None = None
     transcripts: Sequence[str] | None = None
+    videos: Sequence[str] | None = None
 
     @property
     def size(self) -> int:
@@ -126,10 +127,13 @@ def _names(members: np.ndarray, concepts: Sequence[str]) -> list[str]:
     return [",".join(names[row]) for row in members]
 
 
-def samples_schema(task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool) -> pa.Schema:
-    """The schema of samples.parquet for a task."""
+def samples_schema(
+    task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool, with_video: bool = False
+) -> pa.Schema:
+    """The schema of samples.parquet for a task (``video`` after ``sample_id`` when ``with_video``)."""
     fields = [
         pa.field("sample_id", pa.string()),
+        *([pa.field("video", pa.string())] if with_video else []),
         pa.field("split", pa.string()),
         pa.field("row", pa.int64()),
         pa.field("label", pa.string()),
@@ -189,6 +193,7 @@ def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: p
     split = [batch.split] * n if isinstance(batch.split, str) else list(batch.split)
     columns: dict[str, Any] = {
         "sample_id": [str(s) for s in batch.sample_ids],
+        **({"video": [str(v) for v in batch.videos]} if "video" in schema.names else {}),
         "split": split,
         "row": np.asarray(batch.rows, dtype=np.int64),
         "label": _names(true, concepts),
@@ -257,6 +262,7 @@ class RunWriter:
         concepts: Sequence[str],
         with_score: bool,
         with_transcript: bool,
+        with_video: bool = False,
         force: bool = False,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         temp_dir: Path | None = None,
@@ -271,7 +277,7 @@ class RunWriter:
         suffix = f"-rank{rank}" if rank is not None else ""
         self.samples_path = self.temp_dir / f"samples{suffix}.parquet"
         self.routing_path = self.temp_dir / f"routing{suffix}.parquet"
-        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript)
+        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript, with_video)
         self._samples_writer = pq.ParquetWriter(
             self.samples_path, self._samples_schema, compression=samples_compression(self._samples_schema)
         )
@@ -387,12 +393,14 @@ def write_run(
     """
     with_score = batches[0].scores is not None if batches else False
     with_transcript = batches[0].transcripts is not None if batches else False
+    with_video = batches[0].videos is not None if batches else False
     writer = RunWriter(
         out,
         task=task,
         concepts=concepts,
         with_score=with_score,
         with_transcript=with_transcript,
+        with_video=with_video,
         force=force,
         row_group_rows=row_group_rows,
     )

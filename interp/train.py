@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -173,11 +173,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a model on ``data_path`` and write the checkpoint to ``out``.
 
     The model is selected on the validation loss; early stopping after ``patience`` epochs without improvement.
     ``resume`` continues a training whose checkpoint is at ``out`` (same data and settings).
+    ``on_epoch`` is called after each epoch with its history row (epoch, train_loss, valid_loss, metrics), e.g. to
+    drive one progress display over several trainings (:func:`interp.seeds.train_seeds`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -276,6 +279,8 @@ def train(
             else:
                 stale += 1
             _save(out, model, optimizer, config, settings, dataset, best, stale, history, epoch)
+            if on_epoch is not None:
+                on_epoch(history[-1])
     except KeyboardInterrupt:
         if best["state_dict"] is not None:
             print(

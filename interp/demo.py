@@ -23,7 +23,9 @@ minute; its report has every section but is not expected to recover the planted 
 
 How well the planted links are recovered varies with the training run: on the full demo's settings the unimodal
 links are found reliably, the interactions less so (a model may route a concept through a feature that contains
-the planted one, e.g. ``tav`` for ``ta``); the report's "planted vs recovered" table says which, per seed.
+the planted one, e.g. ``tav`` for ``ta``); the report's "planted vs recovered" table says which, per seed. Measured
+(seeds 0-2): sentiment 3, 4 and 3 of 7 links (a and t in every seed, v in two), emotion 5, 6 and 4 of 6 (t, a, v and
+av in every seed); 311 s of CPU time single-threaded, i.e. about 5 minutes on a free 2-core machine.
 """
 
 from __future__ import annotations

@@ -120,10 +120,22 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    from interp.errors import InterpError
+    from interp.seeds import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except InterpError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--seeds {text!r}: ")) from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from interp.train import train
 
     _set_threads(args)
+    if args.seeds is not None:
+        return _cmd_train_seeds(args)
     result = train(
         data_path=args.data,
         out=args.out,
@@ -133,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else 0,
         device=args.device,
         d_model=args.d_model,
         n_heads=args.n_heads,
@@ -154,6 +166,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_seeds(args: argparse.Namespace) -> int:
+    from interp.errors import InterpError
+    from interp.seeds import train_seeds
+
+    if args.seed is not None:
+        raise InterpError("pass --seed or --seeds, not both")
+    result = train_seeds(
+        args.data, args.out, args.seeds, resume=args.resume, progress=not args.quiet, task=args.task,
+        variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        device=args.device, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
+        d_feature=args.d_feature, d_concept=args.d_concept, concept_dropout=args.dropout, grad_clip=args.grad_clip,
+        embed_dropout=args.embed_dropout, attn_dropout=args.attn_dropout, relu_dropout=args.relu_dropout,
+        res_dropout=args.res_dropout, format=args.format,
+    )
+    print(result.render())
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from interp.evaluate import evaluate
 
@@ -168,11 +198,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from interp.extract import extract
+    from interp.extract_many import extract_many
 
     _set_threads(args)
-    run = extract(
-        args.ckpt,
+    runs = extract_many(
+        args.ckpt or [Path("models/model.pt")],
         data=args.data,
         split=args.split,
         out=args.out,
@@ -185,7 +215,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         format=args.format,
     )
-    print(f"run written to {run}")
+    for run in runs:
+        print(f"run written to {run}")
     return 0
 
 
@@ -338,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Adam learning rate (default: 1e-4; 1e-5 for emotion, as in the paper)")
     train.add_argument("--patience", type=_positive_int, default=8,
                        help="stop after this many epochs without a better validation score")
-    train.add_argument("--seed", type=seed_arg, default=0)
+    train.add_argument("--seed", type=seed_arg, default=None, help="seed of the one model (default: 0)")
+    train.add_argument("--seeds", type=_seeds, default=None, metavar="LIST",
+                       help="train one model per seed, e.g. 0-4 or 0,3,7, into <out stem>-seed<k>.pt; prints each "
+                       "seed's validation and test metrics")
     train.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     train.add_argument("--d-model", type=_positive_int, default=32, help="encoder width (paper size: 200)")
     train.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (paper size: 20)")
@@ -382,10 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="One forward pass per batch in eval mode; writes samples.parquet, routing.parquet and "
         "meta.json atomically.",
     )
-    extract.add_argument("--ckpt", type=Path, default=Path("models/model.pt"))
+    extract.add_argument("--ckpt", nargs="+", action="extend", default=[], metavar="CKPT",
+                         help="checkpoint(s), repeatable, or a quoted pattern such as 'models/model-seed*.pt'; "
+                         "one run each (default: models/model.pt)")
     extract.add_argument("--data", type=Path, default=None, help="data pickle (default: the one recorded in the checkpoint)")
     extract.add_argument("--split", default=None, help="test, valid, train or all (default: test)")
-    extract.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<checkpoint>-<split>)")
+    extract.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<checkpoint>-<split>); "
+                         "with several checkpoints, the folder that receives runs <checkpoint>-<split>")
     extract.add_argument("--batch-size", type=_positive_int, default=256)
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     extract.add_argument("--force", action="store_true", help="replace an existing run")

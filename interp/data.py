@@ -86,7 +86,8 @@ class Split:
     ``lengths``: (N, 3) int64 real steps per modality (text, audio, vision) or None (all full length);
     ``padding``: the side padded (``end`` MMSA, ``start`` MulT, ``none``), see :mod:`interp.padding`.
     ``modality_labels``: CH-SIMS per-modality labels ``{"T", "A", "V": (N,) float32}`` or None.
-    ``videos``: N video names (MMSA: the part of the id before ``$_$``) or None.
+    ``videos``: N video ids (segments of one video share it; see :func:`video_ids`); when the data names no videos,
+    each sample is its own video (filled in from ``ids`` when left empty).
     """
 
     name: str
@@ -99,7 +100,13 @@ class Split:
     lengths: np.ndarray | None = None
     padding: str = "none"
     modality_labels: dict[str, np.ndarray] | None = None
-    videos: list[str] | None = None
+    videos: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.videos:
+            self.videos = list(self.ids)
+        if len(self.videos) != len(self.ids):
+            raise DataError(f"split {self.name!r} has {len(self.videos)} video ids for {len(self.ids)} samples")
 
     @property
     def n(self) -> int:
@@ -279,7 +286,8 @@ def _set_padding(split: Split, extras: SplitExtras | None, layout: str) -> None:
     split.lengths = stack_lengths(arrays, extras.lengths if extras is not None else {}, side)
     split.padding = side if split.lengths is not None else "none"
     if extras is not None:
-        split.videos = extras.videos
+        if extras.videos:
+            split.videos = list(extras.videos)
         split.modality_labels = extras.modality_labels
 
 
@@ -328,7 +336,8 @@ def _load_split(name: str, raw: Mapping[str, Any], nonfinite: dict[str, int]) ->
         raise DataError(f"split {name!r} is empty (0 samples); remove it or fill it")
     ids = _raw_ids(name, raw.get("id"), n)
     transcripts = _transcripts(name, raw.get("transcript"), n)
-    return Split(name, arrays["text"], arrays["audio"], arrays["vision"], labels, ids, transcripts)
+    videos = video_ids(raw.get("id"), ids)
+    return Split(name, arrays["text"], arrays["audio"], arrays["vision"], labels, ids, transcripts, videos=videos)
 
 
 def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, int]:
@@ -417,6 +426,29 @@ def _raw_ids(split: str, value: Any, n: int) -> list[str]:
     if len(columns) == 1 or len(set(last)) == n:
         return last
     return ["_".join(parts) for parts in zip(*columns)]
+
+
+#: Separator of video and clip in MMSA-style ids (``<video>$_$<clip>``).
+MMSA_ID_SEPARATOR = "$_$"
+
+
+def video_ids(value: Any, ids: list[str]) -> list[str]:
+    """The video of each sample, from the raw ``id`` array (checked by :func:`_raw_ids`) and the split's ``ids``.
+
+    ``id`` of shape (N, k) with k >= 2 (MulT: ``[video, segment, ...]``) -> its first column; (N,) ids of the form
+    ``<video>$_$<clip>`` (MMSA) -> the part before ``$_$``; otherwise (no ``id``, or one plain id per sample) the
+    data names no videos and each sample is its own video (its id).
+    """
+    if value is None:
+        return list(ids)
+    table = np.asarray(value, dtype=object).reshape(len(ids), -1)
+    if table.shape[1] >= 2:
+        return [_to_text(v).strip() for v in table[:, 0]]
+    if table.shape[1] == 1:
+        raw = [_to_text(v).strip() for v in table[:, 0]]
+        if raw and all(MMSA_ID_SEPARATOR in text for text in raw):
+            return [text.split(MMSA_ID_SEPARATOR, 1)[0] for text in raw]
+    return list(ids)
 
 
 def _transcripts(split: str, value: Any, n: int) -> list[str] | None:

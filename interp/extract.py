@@ -168,6 +168,7 @@ def _open_writer(
         concepts=loaded.concepts,
         with_score=loaded.task == "sentiment",
         with_transcript=source.has_transcripts,
+        with_video=True,
         force=force,
         row_group_rows=row_group_rows,
         temp_dir=temp_dir,
@@ -216,6 +217,7 @@ def iterate_batches(
         else None
     )
     all_ids = np.array([sample_id for part in source.parts for sample_id in part.ids], dtype=object)
+    all_videos = np.array([video for part in source.parts for video in part.videos], dtype=object)
     split_names = np.array([part.name for part in source.parts], dtype=object)
     all_transcripts = (
         np.array([t for part in source.parts for t in part.transcripts], dtype=object)  # type: ignore[union-attr]
@@ -254,6 +256,7 @@ def iterate_batches(
                 modality_labels=(
                     {m: v[index_np] for m, v in all_modality_labels.items()} if all_modality_labels is not None else None
                 ),
+                videos=all_videos[index_np].tolist(),
             )
 
 
@@ -281,6 +284,7 @@ def run_meta(
         "data_sha256": dataset.sha256,
         "split": source.name,
         "n": n,
+        "n_videos": len({video for part in source.parts for video in part.videos}),
         "seq_lens": {part.name: list(seq_lens(part)) for part in source.parts},
         "model_config": loaded.config.to_dict(),
         "train": {k: v for k, v in checkpoint.get("train", {}).items() if k != "history"},

@@ -93,6 +93,7 @@ def check_run(run: Path | str) -> dict[str, Any]:
     samples_expected.update({f"logit_{c}": is_number for c in concepts})
     samples_expected.update({f"label_{c}": is_flag for c in concepts})
     kinds = {is_text: "text", is_number: "floating point", is_flag: "boolean"}
+    optional = {"video": is_text}  # absent in runs extracted before videos were recorded
     for files, expected in ((samples_files(run), samples_expected), (routing_files(run), routing_expected)):
         for path in files:
             try:
@@ -108,7 +109,22 @@ def check_run(run: Path | str) -> dict[str, Any]:
                         f"{path} column {column!r} is {schema.field(index).type}, expected {kinds[check]}; "
                         f"extract the run again"
                     )
+            for column, check in optional.items() if expected is samples_expected else ():
+                index = schema.get_field_index(column)
+                if index >= 0 and not check(schema.field(index).type):
+                    raise RunError(
+                        f"{path} column {column!r} is {schema.field(index).type}, expected {kinds[check]}; "
+                        f"extract the run again"
+                    )
     return meta
+
+
+def has_videos(run: Path | str) -> bool:
+    """True if the run's samples table records each sample's ``video`` (runs extracted before it was added
+    do not: video-clustered statistics are then impossible)."""
+    import pyarrow.parquet as pq
+
+    return all("video" in pq.read_schema(path).names for path in samples_files(run))
 
 
 def read_meta(run: Path | str) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class RunBatch:
     targets: (B,) int class index (single-label tasks) or (B, J) 0/1 (multi-label tasks);
     scores: (B,) continuous label (sentiment) or None; logits: (B, J); p: (B, 7); r: (B, 7, J);
     contributions: (B, 7, J); transcripts: B strings or None; modality_labels: CH-SIMS per-modality labels
-    ``{"T", "A", "V": (B,)}`` (columns ``label_T`` ...) or None.
+    ``{"T", "A", "V": (B,)}`` (columns ``label_T`` ...) or None; videos: B video ids or None (older callers).
     """
 
     sample_ids: Sequence[str]
@@ -89,6 +89,7 @@ class RunBatch:
     scores: np.ndarray | None = None
     transcripts: Sequence[str] | None = None
     modality_labels: dict[str, np.ndarray] | None = None
+    videos: Sequence[str] | None = None
 
     @property
     def size(self) -> int:
@@ -134,11 +135,13 @@ MODALITY_LABELS: tuple[str, ...] = ("T", "A", "V")
 
 
 def samples_schema(
-    task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool, with_modality_labels: bool = False
+    task: str, concepts: Sequence[str], with_score: bool, with_transcript: bool, with_modality_labels: bool = False,
+    with_video: bool = False,
 ) -> pa.Schema:
-    """The schema of samples.parquet for a task."""
+    """The schema of samples.parquet for a task (``video`` after ``sample_id`` when ``with_video``)."""
     fields = [
         pa.field("sample_id", pa.string()),
+        *([pa.field("video", pa.string())] if with_video else []),
         pa.field("split", pa.string()),
         pa.field("row", pa.int64()),
         pa.field("label", pa.string()),
@@ -200,6 +203,7 @@ def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: p
     split = [batch.split] * n if isinstance(batch.split, str) else list(batch.split)
     columns: dict[str, Any] = {
         "sample_id": [str(s) for s in batch.sample_ids],
+        **({"video": [str(v) for v in batch.videos]} if "video" in schema.names else {}),
         "split": split,
         "row": np.asarray(batch.rows, dtype=np.int64),
         "label": _names(true, concepts),
@@ -272,6 +276,7 @@ class RunWriter:
         concepts: Sequence[str],
         with_score: bool,
         with_transcript: bool,
+        with_video: bool = False,
         force: bool = False,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
         temp_dir: Path | None = None,
@@ -287,7 +292,9 @@ class RunWriter:
         suffix = f"-rank{rank}" if rank is not None else ""
         self.samples_path = self.temp_dir / f"samples{suffix}.parquet"
         self.routing_path = self.temp_dir / f"routing{suffix}.parquet"
-        self._samples_schema = samples_schema(task, self.concepts, with_score, with_transcript, with_modality_labels)
+        self._samples_schema = samples_schema(
+            task, self.concepts, with_score, with_transcript, with_modality_labels, with_video
+        )
         self._samples_writer = pq.ParquetWriter(
             self.samples_path, self._samples_schema, compression=samples_compression(self._samples_schema)
         )
@@ -412,12 +419,14 @@ def write_run(
     with_score = batches[0].scores is not None if batches else False
     with_transcript = batches[0].transcripts is not None if batches else False
     with_modality_labels = batches[0].modality_labels is not None if batches else False
+    with_video = batches[0].videos is not None if batches else False
     writer = RunWriter(
         out,
         task=task,
         concepts=concepts,
         with_score=with_score,
         with_transcript=with_transcript,
+        with_video=with_video,
         force=force,
         row_group_rows=row_group_rows,
         with_modality_labels=with_modality_labels,

@@ -1,10 +1,17 @@
 """Synthetic data with planted truth: which feature (modality or interaction) drives which concept.
 
-Generation (all from one ``numpy.random.default_rng(seed)``):
+Generation (from ``numpy.random.default_rng(seed)``; the grouping into videos from a second generator seeded with
+``(seed, 1)``):
+
+0. Samples are segments of *videos*, as in real data: each split is cut into videos of 4-12 consecutive segments
+   (:data:`SEGMENTS_PER_VIDEO`), and a video never spans two splits (speaker independent, as MOSI's splits).
 
 1. Each modality m in (text, audio, vision) has a fixed random unit *signal* direction u_m and an orthogonal
    unit *distractor* direction q_m in its d_m-dimensional feature space.
-2. Each sample has hidden latents z_m ~ N(0, 1) (one per modality) and distractors w_m ~ N(0, 1). Every time step
+2. Each sample has hidden latents z_m ~ N(0, 1) (one per modality) and distractors w_m ~ N(0, 1). The segments
+   of one video share a per-video offset o_m ~ N(0, 1): ``z_m = sqrt(1 - s) * e_m + sqrt(s) * o_m`` with e_m ~ N(0, 1)
+   per segment and s = :data:`VIDEO_SHARE`, so z_m is still N(0, 1) (every statement below holds unchanged) but
+   segments of one video are not independent. Every time step
    of modality m is ``SIGNAL * z_m * u_m + DISTRACTOR * w_m * q_m + noise * N(0, I)``, so any step (the last one
    included) carries the latent and attention can average the noise away.
 3. A feature F (a set of modalities: t, a, v, ta, av, vt, tav) gives the evidence
@@ -53,6 +60,11 @@ DEFAULT_DIMS: tuple[int, int, int] = (16, 12, 10)
 #: the machine's memory.
 BYTES_PER_VALUE = 24
 BYTES_PER_SAMPLE = 600
+
+#: Segments per synthetic video, drawn uniformly from this inclusive range (the last video of a split may differ).
+SEGMENTS_PER_VIDEO: tuple[int, int] = (4, 12)
+#: Share of each latent's variance that the segments of one video have in common (their per-video offset).
+VIDEO_SHARE = 0.3
 #: Format tag of the planted JSON.
 PLANTED_FORMAT = "interp-synthetic"
 
@@ -97,18 +109,23 @@ def synthesize(
 
     Each split holds text / audio / vision float32 arrays (N, seq_len, d_m) with d = ``dims``, labels
     ((N, 1, 1) sentiment scores, (N, 6) emotion scores, or (N, 4, 2) IEMOCAP one-hot), ``id`` (N, 3) str
-    ``[video, segment, "<video>_<segment>"]`` and ``transcript`` (N,) str. ``planted`` overrides the task's
+    ``[video, segment, "<video>_<segment>"]`` (videos of 4-12 segments whose latents share a per-video offset)
+    and ``transcript`` (N,) str. ``planted`` overrides the task's
     default map (every concept must be given a feature). Deterministic given the arguments.
     """
     concepts, mapping, dims3 = _validate(task, n_train, n_valid, n_test, seq_len, noise, seed, dims, planted)
     rng = np.random.default_rng(seed)
+    video_rng = np.random.default_rng((seed, 1))
     directions = [_directions(rng, d) for d in dims3]
     sizes = dict(zip(SPLITS, (n_train, n_valid, n_test)))
     data: dict[str, dict[str, np.ndarray]] = {}
-    offset = 0
+    offset, first_video = 0, 0
     for split, n in sizes.items():
-        data[split] = _split(rng, task, concepts, mapping, directions, n, seq_len, noise, offset)
+        videos = _video_index(video_rng, n)
+        data[split] = _split(rng, video_rng, task, concepts, mapping, directions, n, seq_len, noise, offset,
+                             videos, first_video)
         offset += n
+        first_video += int(videos[-1]) + 1
     return data, mapping
 
 
@@ -164,6 +181,20 @@ def _directions(rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarra
     return signal, distractor
 
 
+def _video_index(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The video (0, 1, ...) of each of ``n`` consecutive segments, shape (n,): videos of
+    :data:`SEGMENTS_PER_VIDEO` segments; a short remainder joins the previous video."""
+    low, high = SEGMENTS_PER_VIDEO
+    sizes: list[int] = []
+    while sum(sizes) < n:
+        sizes.append(int(rng.integers(low, high + 1)))
+    sizes[-1] -= sum(sizes) - n
+    if sizes[-1] < low and len(sizes) > 1:
+        last = sizes.pop()
+        sizes[-1] += last
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
 def evidence(latents: np.ndarray, feature: str) -> np.ndarray:
     """Evidence e_F in (-1, 1) of a feature from latents (N, 3) (columns text, audio, vision); shape (N,).
 
@@ -177,6 +208,7 @@ def evidence(latents: np.ndarray, feature: str) -> np.ndarray:
 
 def _split(
     rng: np.random.Generator,
+    video_rng: np.random.Generator,
     task: str,
     concepts: tuple[str, ...],
     planted: dict[str, str],
@@ -185,9 +217,14 @@ def _split(
     seq_len: int,
     noise: float,
     offset: int,
+    videos: np.ndarray,
+    first_video: int,
 ) -> dict[str, np.ndarray]:
-    """One split dict: modality sequences (n, seq_len, d_m), labels, ids (global numbering from ``offset``)."""
-    latents = rng.standard_normal((n, len(MODALITIES)))
+    """One split dict: modality sequences (n, seq_len, d_m), labels, ids (global numbering from ``offset``;
+    ``videos`` (n,) the video of each segment, numbered from ``first_video`` in the ids)."""
+    shared = video_rng.standard_normal((int(videos[-1]) + 1, len(MODALITIES)))  # per-video offsets o_m
+    own = rng.standard_normal((n, len(MODALITIES)))
+    latents = math.sqrt(1.0 - VIDEO_SHARE) * own + math.sqrt(VIDEO_SHARE) * shared[videos]
     distractors = rng.standard_normal((n, len(MODALITIES)))
     out: dict[str, np.ndarray] = {}
     for m, modality in enumerate(MODALITIES):
@@ -198,7 +235,8 @@ def _split(
     scores = np.stack([evidence(latents, planted[c]) for c in concepts], axis=1)  # (n, J)
     labels, names = _labels(rng, task, concepts, scores)
     out["labels"] = labels
-    out["id"], out["transcript"] = _ids_and_transcripts(offset, names, planted, task == "sentiment")
+    out["id"], out["transcript"] = _ids_and_transcripts(offset, names, planted, task == "sentiment",
+                                                        videos + first_video)
     return out
 
 
@@ -219,12 +257,15 @@ def _labels(
 
 
 def _ids_and_transcripts(
-    offset: int, names: list[list[str]], planted: dict[str, str], sentiment: bool
+    offset: int, names: list[list[str]], planted: dict[str, str], sentiment: bool, videos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MOSI-like ids (n, 3) ``[video, segment, video_segment]`` (4 segments per video) and made-up transcripts."""
+    """MOSI-like ids (n, 3) ``[video, segment, video_segment]`` (``videos`` (n,) global video numbers, consecutive
+    segments of a video numbered from 1) and made-up transcripts."""
     rows, transcripts = [], []
+    starts = np.r_[0, np.flatnonzero(np.diff(videos)) + 1]
+    segment_numbers = np.arange(len(videos)) - np.repeat(starts, np.diff(np.r_[starts, len(videos)])) + 1
     for k, positive in enumerate(names, start=offset):
-        video, segment = f"synth{k // 4:05d}", str(k % 4 + 1)
+        video, segment = f"synth{int(videos[k - offset]):05d}", str(int(segment_numbers[k - offset]))
         rows.append((video, segment, f"{video}_{segment}"))
         drivers = ", ".join(f"{c} (driven by {planted[c]})" for c in positive) or "no emotion"
         transcripts.append(f"synthetic segment {k}: {'sentiment ' if sentiment else ''}{drivers}")
@@ -296,11 +337,16 @@ def _planted_info(
         "seq_len": int(seq_len),
         "dims": dict(zip(MODALITIES, (int(d) for d in dims))),
         "n": {split: int(values["labels"].shape[0]) for split, values in data.items()},
+        "videos": {split: len(set(values["id"][:, 0].tolist())) for split, values in data.items()},
+        "segments_per_video": list(SEGMENTS_PER_VIDEO),
+        "video_share": VIDEO_SHARE,
         "data_sha256": digest,
         "description": (
             "Each modality carries a hidden latent z ~ N(0,1) along a fixed direction in every time step, plus a "
             "weaker distractor and Gaussian noise. A concept's evidence comes only from its planted feature: for a "
             "single modality it grows with z; for an interaction its sign is the product of the modalities' signs. "
+            f"Segments come in videos of {SEGMENTS_PER_VIDEO[0]}-{SEGMENTS_PER_VIDEO[1]} whose latents share a "
+            f"per-video offset ({VIDEO_SHARE:.0%} of their variance), so they are not independent. "
             + _task_rule(task)
         ),
     }

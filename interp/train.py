@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -193,6 +193,7 @@ def train(
     progress: bool = True,
     dataset: Dataset | None = None,
     format: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a model on ``data_path`` and write the checkpoint to ``out``.
 
@@ -202,6 +203,8 @@ def train(
     Dropouts (all in [0, 1)): ``concept_dropout`` on the concepts; ``embed_dropout``, ``attn_dropout``,
     ``relu_dropout`` and ``res_dropout`` in the encoders (see :class:`~interp.model.ModelConfig`); the defaults are
     the authors' released run (0.5 on concepts, 0.0 in the encoders).
+    ``on_epoch`` is called after each epoch with its history row (epoch, train_loss, valid_loss, metrics), e.g. to
+    drive one progress display over several trainings (:func:`interp.seeds.train_seeds`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -319,6 +322,8 @@ def train(
                 stale += 1
             if best["state_dict"] is not None:  # never replace a file at --out before there is a valid epoch
                 _save(out, model, optimizer, config, settings, dataset, best, stale, history, epoch)
+            if on_epoch is not None:
+                on_epoch(history[-1])
     except KeyboardInterrupt:
         if best["state_dict"] is not None:
             print(

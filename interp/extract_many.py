@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from interp.errors import CheckpointError, InterpError
 from interp.extract import default_run_dir, extract
 from interp.runs import DEFAULT_RUNS_ROOT
+from interp.outputs import check_not_input
 from interp.runwriter import check_target
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
@@ -97,7 +98,8 @@ def extract_many(
     """
     paths = expand_checkpoints([ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts))
     targets = run_dirs(paths, split, out, runs_root)
-    for target in targets:
+    for ckpt, target in zip(paths, targets):
+        check_not_input(target, {"checkpoint": ckpt}, holds=True)  # the more telling message first
         check_target(target, force)
     return [
         extract(ckpt, data=data, split=split, out=target, force=force, runs_root=runs_root, **options)

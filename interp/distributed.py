@@ -134,6 +134,9 @@ def process_group(world: World, device: torch.device, timeout: timedelta = DEFAU
     dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size, timeout=timeout)
     try:
         yield
+        # Every rank reaches the teardown before any destroys its group: under load a rank that tore gloo down
+        # while a peer was still finishing aborted ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

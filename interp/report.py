@@ -425,12 +425,13 @@ def run_metrics(run: Path | str, meta: dict[str, Any] | None = None) -> dict[str
     return task_metrics(task, logits, labels, concepts)
 
 
-def _metric_cell(key: str, value: Any, higher: bool = True) -> dict[str, Any]:
+def _metric_cell(key: str, value: Any, source: str) -> dict[str, Any]:
+    """One metric cell; ``source`` is ``"valid"`` (model selection, meta.json) or ``"run"`` (the run's logits)."""
     if value is None:
-        return {"key": key, "text": "—", "value": "nan"}
+        return {"key": key, "text": "—", "value": "nan", "source": source}
     value = float(value)
     text = f"{value:.3f}" if math.isfinite(value) else "—"
-    return {"key": key, "text": text, "value": repr(value) if math.isfinite(value) else "nan"}
+    return {"key": key, "text": text, "value": repr(value) if math.isfinite(value) else "nan", "source": source}
 
 
 def performance_view(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -444,7 +445,7 @@ def performance_view(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
     if task in SINGLE_LABEL_TASKS:
         columns = ["validation (model selection)", f"{split} (this run, n = {n})"]
         rows = [
-            {"label": label, "cells": [_metric_cell(key, valid.get(key)), _metric_cell(key, metrics.get(key))],
+            {"label": label, "cells": [_metric_cell(key, valid.get(key), "valid"), _metric_cell(key, metrics.get(key), "run")],
              "note": "" if higher else "lower is better", "reference": key in ("acc2_majority", "acc2_has0_majority")}
             for key, label, higher in SENTIMENT_METRICS
         ]
@@ -458,8 +459,8 @@ def performance_view(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
             keys = (f"acc_{concept}", f"f1_{concept}")
             rows.append({
                 "label": concept,
-                "cells": [_metric_cell(keys[0], valid.get(keys[0])), _metric_cell(keys[1], valid.get(keys[1])),
-                          _metric_cell(keys[0], metrics.get(keys[0])), _metric_cell(keys[1], metrics.get(keys[1]))],
+                "cells": [_metric_cell(keys[0], valid.get(keys[0]), "valid"), _metric_cell(keys[1], valid.get(keys[1]), "valid"),
+                          _metric_cell(keys[0], metrics.get(keys[0]), "run"), _metric_cell(keys[1], metrics.get(keys[1]), "run")],
                 "note": "",
                 "reference": False,
             })

@@ -124,7 +124,7 @@ def close(a: float, b: float, tol: float = 1e-9) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
-def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
+def make_emotion_run(path: Path, n: int = 80, seed: int = 1, split: str = "test") -> Path:
     """A small emotion run written directly (no model): the planted feature of each emotion is routed to it."""
     rng = np.random.default_rng(seed)
     n_features, n_concepts = len(FEATURES), len(EMOTIONS)
@@ -136,7 +136,7 @@ def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
     contributions = (p[:, :, None] * r * rng.normal(0.0, 1.0, size=r.shape)).astype(np.float32)
     batch = RunBatch(
         sample_ids=[f"emo{i:03d}" for i in range(n)],
-        split="test",
+        split=split,
         rows=np.arange(n, dtype=np.int64),
         targets=(rng.uniform(size=(n, n_concepts)) > 0.6).astype(np.float32),
         logits=contributions.sum(axis=1),
@@ -147,7 +147,7 @@ def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
     )
     meta = {
         "variant": "routing",
-        "split": "test",
+        "split": split,
         "planted": EMOTION_PLANTED,
         "checkpoint": "models/emotion.pt",
         "checkpoint_sha256": "ab" * 32,
@@ -336,6 +336,22 @@ def test_two_runs_sentiment_and_emotion_give_tables_3_to_7(extracted_run: Path, 
     assert (path.parent / "local" / "emo-test").is_dir() and (path.parent / "local" / extracted_run.name).is_dir()
     text = path.read_text(encoding="utf-8")
     assert "<b>not markup</b>" not in text
+
+
+def test_run_of_the_valid_split_keeps_its_own_metric_cells(tmp_path: Path) -> None:
+    """A run extracted from the valid split: its cells are the run's, not model selection's (they were mislabelled
+    as "valid" when the template tagged cells by the column title's first word)."""
+    run = make_emotion_run(tmp_path / "runs" / "emo-valid", split="valid")
+    parsed = parse(run_report([run], out=tmp_path / "report", gallery_random=0))
+    cells = parsed.with_attr("data-metric", "td")
+    shown_run = {a["data-metric"]: float(a["data-value"]) for a in cells if a["data-source"] == "run"}
+    shown_valid = {a["data-metric"]: float(a["data-value"]) for a in cells if a["data-source"] == "valid"}
+    samples = pd.read_parquet(run / "samples.parquet")
+    accuracies = [float(np.mean((samples[f"logit_{c}"] > 0) == samples[f"label_{c}"].astype(bool))) for c in EMOTIONS]
+    for concept, accuracy in zip(EMOTIONS, accuracies):
+        assert close(shown_run[f"acc_{concept}"], accuracy), concept
+    assert close(shown_run["acc_mean"], float(np.mean(accuracies)))
+    assert {k: v for k, v in shown_valid.items() if not math.isnan(v)} == {"acc_mean": 0.6, "f1_mean": 0.55}
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

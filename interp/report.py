@@ -49,7 +49,7 @@ from interp.runs import (
     DEFAULT_REPORTS_ROOT,
     DEFAULT_RUNS_ROOT,
     atomic_write_text,
-    read_meta,
+    open_run,
     resolve_runs,
     run_name,
     samples_files,
@@ -250,8 +250,9 @@ def run_report(
     several = len(paths) > 1
     sections = []
     for path, stats in zip(paths, results):
-        meta = read_meta(path)
-        task = str(meta.get("task", stats.task))
+        info = open_run(path)
+        meta = dict(info.meta)
+        task = info.task
         local_dir = out_dir / "local" / (_safe(stats.name) if several else "")
         sections.append(
             RunSection(
@@ -263,7 +264,7 @@ def run_report(
                 performance=performance_view(path, meta),
                 planted=planted_rows(stats, meta.get("planted")),
                 gallery=gallery_items(path, stats, local_dir, out_dir, gallery_random, seed),
-                modality_labels=modality_label_view(path, meta),
+                modality_labels=modality_label_view(info),
             )
         )
 
@@ -406,7 +407,7 @@ def _read_samples(run: Path, columns: Sequence[str]) -> pa.Table:
 def run_metrics(run: Path | str, meta: dict[str, Any] | None = None) -> dict[str, float]:
     """The task metrics (:func:`interp.metrics.task_metrics`) of a run's stored logits against its labels."""
     run = Path(run)
-    meta = meta if meta is not None else read_meta(run)
+    meta = meta if meta is not None else dict(open_run(run).meta)
     task = str(meta["task"])
     concepts = [str(c) for c in meta["concepts"]]
     columns = [logit_column(c) for c in concepts] + [label_column(c) for c in concepts]

@@ -301,16 +301,37 @@ def test_paper_learning_rates_match_training_defaults() -> None:
     assert PAPER_LR == DEFAULT_LR
 
 
-def test_default_run_and_folder(extracted_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import interp.report
-
-    calls: list[int] = []
-    monkeypatch.setattr(interp.report, "gallery_items", lambda *args: calls.append(args[4]) or [])  # pages: tested above
+def test_default_run_and_folder(extracted_run: Path, tmp_path: Path) -> None:
     path = run_report(None, runs_root=extracted_run.parent, reports_root=tmp_path, gallery_random=0)
-    assert calls == [0]
     assert path == tmp_path / extracted_run.name / "index.html"
     assert (tmp_path / extracted_run.name / "global.html").is_file()
-    assert "No sample to show" in path.read_text(encoding="utf-8")
+    cards = parse(path).with_attr("data-kind", "figure")
+    assert cards and {c["data-kind"] for c in cards} == {"top"}  # gallery_random=0: no random card
+
+
+def test_build_report_is_data_and_write_report_renders_it(extracted_run: Path, tmp_path: Path) -> None:
+    """build_report reads the run and writes nothing; write_report renders exactly what the model holds."""
+    from interp.local import random_samples
+    from interp.report import build_report, write_report
+
+    before = sorted(p.relative_to(extracted_run) for p in extracted_run.rglob("*"))
+    model = build_report([extracted_run], gallery_random=2, seed=4)
+    assert sorted(p.relative_to(extracted_run) for p in extracted_run.rglob("*")) == before
+    assert [s.name for s in model.runs] == [extracted_run.name]
+    choices = model.runs[0].gallery
+    assert [c.explanation.sample_id for c in choices if c.kind == "random"] == random_samples(extracted_run, 2, 4)
+    planted = model.runs[0].planted
+    assert model.glance[0]["agreement"] == sum(row.planted in row.recovered for row in planted)
+    out = tmp_path / "written"
+    parsed = parse(write_report(model, out))
+    # The table of contents links, in order, the sections the page holds.
+    toc = [a["href"][1:] for t, a in parsed.elements if t == "a" and a.get("href", "").startswith("#")]
+    sections = [a["id"] for t, a in parsed.elements if t == "section" and a.get("id")]
+    assert toc == [anchor for anchor, _ in model.toc] == sections
+    shown = [(c["data-sample-id"], c["data-kind"]) for c in parsed.with_attr("data-sample-id", "figure")]
+    assert shown == [(c.explanation.sample_id, c.kind) for c in choices]
+    for choice in choices:
+        assert (out / choice.folder).is_dir()
 
 
 def test_two_runs_sentiment_and_emotion_give_tables_3_to_7(extracted_run: Path, tmp_path: Path) -> None:

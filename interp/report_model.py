@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from interp.gallery import GalleryChoice, argmax_feature
 from interp.tables import format_interval

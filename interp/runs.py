@@ -73,7 +73,7 @@ def check_run(run: Path | str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     info = open_run(run)
-    run, meta = info.path, dict(info.meta)
+    meta = dict(info.meta)
     concepts, features = list(info.concepts), list(info.features)
 
     def is_text(t: pa.DataType) -> bool:
@@ -95,7 +95,7 @@ def check_run(run: Path | str) -> dict[str, Any]:
     samples_expected.update({f"label_{c}": is_flag for c in concepts})
     kinds = {is_text: "text", is_number: "floating point", is_flag: "boolean"}
     optional = {"video": is_text}  # absent in runs extracted before videos were recorded
-    for files, expected in ((samples_files(run), samples_expected), (routing_files(run), routing_expected)):
+    for files, expected in ((info.samples_files, samples_expected), (info.routing_files, routing_expected)):
         for path in files:
             try:
                 schema = pq.read_schema(path)

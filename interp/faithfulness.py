@@ -55,7 +55,7 @@ from interp.faithfulness_stats import (
 from interp.metrics import HEADLINE
 from interp.model import RoutingModel, route
 from interp.progress import progress_bar
-from interp.runs import atomic_write_bytes, atomic_write_text, read_meta, resolve_run, samples_files
+from interp.runs import atomic_write_bytes, atomic_write_text, open_run, resolve_run, samples_files
 from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
 from interp.train import (
     LoadedModel,
@@ -372,7 +372,7 @@ def run_faithfulness(ckpt: Path | str, data: Path | str | None = None, split: st
     loaded = load_checkpoint(ckpt, torch_device)
     if run is not None:
         run = resolve_run(run)
-        meta = read_meta(run)
+        meta = open_run(run).meta
         if meta.get("checkpoint_sha256") != loaded.sha256:
             raise RunError(f"run {run} was extracted with another checkpoint than {ckpt} (SHA-256 differs); "
                            f"pass the run of this checkpoint or drop --run")

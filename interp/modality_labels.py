@@ -18,7 +18,6 @@ one video are not independent, so the interval is optimistic), and the baseline 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from scipy.stats import norm
 
 from interp.metrics import pearson_r
-from interp.runs import routing_files, samples_files
+from interp.runs import RunInfo
 from interp.runwriter import MODALITY_LABELS
 
 #: The unimodal feature of each labelled modality.
@@ -47,27 +46,26 @@ def correlation_interval(r: float, n: int, level: float = 0.95) -> tuple[float, 
     return math.tanh(z - half), math.tanh(z + half)
 
 
-def modality_label_table(run: Path | str, meta: dict[str, Any]) -> pd.DataFrame | None:
+def modality_label_table(run: RunInfo) -> pd.DataFrame | None:
     """One row per (modality, reading): modality, feature, reading, n, r, low, high; None without ``label_T``...
 
     Rows follow :data:`MODALITY_FEATURE` then :data:`READINGS` order (``routing_score`` only for sentiment).
     """
-    run = Path(run)
     columns = [f"label_{m}" for m in MODALITY_LABELS]
-    files = samples_files(run)
+    files = run.samples_files
     if not files or not all(c in pq.ParquetFile(files[0]).schema_arrow.names for c in columns):
         return None
     samples = pd.concat([pq.read_table(f, columns=["sample_id", "pred", *columns]).to_pandas() for f in files])
     routing = pd.concat([
         pq.read_table(f, columns=["sample_id", "feature", "concept", "r", "pr", "contribution"],
                       filters=[("feature", "in", list(MODALITY_FEATURE.values()))]).to_pandas()
-        for f in routing_files(run)
+        for f in run.routing_files
     ])
     routing["feature"] = routing["feature"].astype(str)
     routing["concept"] = routing["concept"].astype(str)
     at_pred = routing.merge(samples[["sample_id", "pred"]], on="sample_id")
     at_pred = at_pred[at_pred["concept"] == at_pred["pred"]]
-    sentiment = str(meta.get("task")) == "sentiment"
+    sentiment = run.task == "sentiment"
     if sentiment:
         routing["weighted"] = routing["r"] * routing["concept"].astype(float)
         score = routing.groupby(["sample_id", "feature"], observed=True)["weighted"].sum()
@@ -87,9 +85,9 @@ def modality_label_table(run: Path | str, meta: dict[str, Any]) -> pd.DataFrame 
     return pd.DataFrame(rows)
 
 
-def modality_label_view(run: Path | str, meta: dict[str, Any]) -> dict[str, Any] | None:
+def modality_label_view(run: RunInfo) -> dict[str, Any] | None:
     """The report's table (rows of display strings), or None when the run has no per-modality labels."""
-    table = modality_label_table(run, meta)
+    table = modality_label_table(run)
     if table is None:
         return None
     rows = []

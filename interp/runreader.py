@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from interp.errors import RunError
-from interp.runs import read_meta, routing_files, samples_files
+from interp.runs import open_run, routing_files, samples_files
 from interp.runwriter import CONCEPTS_KEY, FEATURES_KEY, LAYOUT_KEY, SAMPLE_MAJOR
 from interp.schema import FEATURES
 
@@ -64,7 +64,7 @@ class RunLayout:
 
 def run_layout(run: Path | str, meta: dict | None = None) -> RunLayout:
     """The layout of a run from its meta.json (:class:`RunError` when it lacks the task or the concepts)."""
-    meta = read_meta(run) if meta is None else meta
+    meta = open_run(run).meta if meta is None else meta
     try:
         task, concepts = str(meta["task"]), tuple(str(c) for c in meta["concepts"])
     except KeyError as error:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from interp.errors import RunError
 from interp.guard import check_meta, read_json
@@ -71,9 +72,9 @@ def check_run(run: Path | str) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    run = Path(run)
-    meta = read_meta(run)
-    concepts, features = list(meta["concepts"]), list(meta["features"])
+    info = open_run(run)
+    meta = dict(info.meta)
+    concepts, features = list(info.concepts), list(info.features)
 
     def is_text(t: pa.DataType) -> bool:
         if pa.types.is_dictionary(t):
@@ -94,7 +95,7 @@ def check_run(run: Path | str) -> dict[str, Any]:
     samples_expected.update({f"label_{c}": is_flag for c in concepts})
     kinds = {is_text: "text", is_number: "floating point", is_flag: "boolean"}
     optional = {"video": is_text}  # absent in runs extracted before videos were recorded
-    for files, expected in ((samples_files(run), samples_expected), (routing_files(run), routing_expected)):
+    for files, expected in ((info.samples_files, samples_expected), (info.routing_files, routing_expected)):
         for path in files:
             try:
                 schema = pq.read_schema(path)
@@ -127,10 +128,56 @@ def has_videos(run: Path | str) -> bool:
     return all("video" in pq.read_schema(path).names for path in samples_files(run))
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run directory holds, from its meta.json (read once, checked by :func:`interp.guard.check_meta`).
+
+    ``concepts`` (J,) and ``features`` (7,) are in the order of the run's matrices; ``n`` is the number of samples;
+    ``meta`` is the whole checked meta.json (model card, training settings, planted truth); ``samples_files`` and
+    ``routing_files`` are the run's tables (one file, or the shards of a distributed extraction, by rank).
+    """
+
+    path: Path
+    name: str
+    task: str
+    concepts: tuple[str, ...]
+    features: tuple[str, ...]
+    split: str
+    n: int
+    meta: Mapping[str, Any]
+    samples_files: tuple[Path, ...]
+    routing_files: tuple[Path, ...]
+
+    @property
+    def planted(self) -> dict[str, str] | None:
+        """The planted feature of each concept (synthetic data), or None."""
+        planted = self.meta.get("planted")
+        return {str(c): str(f) for c, f in planted.items()} if planted else None
+
+
+def open_run(run: Path | str) -> RunInfo:
+    """The run at ``run``: the only parser of meta.json (:class:`RunError` when it is missing, malformed or lacks
+    its tables)."""
+    path = Path(run)
+    meta_path = path / META_FILE
+    meta = check_meta(read_json(meta_path, RunError, "extract the run again with `interp extract`"), meta_path)
+    return RunInfo(
+        path=path,
+        name=run_name(path),
+        task=str(meta["task"]),
+        concepts=tuple(str(c) for c in meta["concepts"]),
+        features=tuple(str(f) for f in meta["features"]),
+        split=str(meta.get("split") or ""),
+        n=int(meta["n"]),
+        meta=meta,
+        samples_files=tuple(samples_files(path)),
+        routing_files=tuple(routing_files(path)),
+    )
+
+
 def read_meta(run: Path | str) -> dict[str, Any]:
-    """The run's meta.json as a dict, checked against its schema (:func:`interp.guard.check_meta`)."""
-    path = Path(run) / META_FILE
-    return check_meta(read_json(path, RunError, "extract the run again with `interp extract`"), path)
+    """The run's meta.json as a dict, checked against its schema (:func:`open_run`)."""
+    return dict(open_run(run).meta)
 
 
 def routing_files(run: Path | str) -> list[Path]:

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from interp.errors import InterpError, RunError
 from interp.intervals import describe_cells, mark_bold, significance
 from interp.runreader import DEFAULT_BATCH_SAMPLES, Block, RunLayout, has_column, read_blocks, run_layout
-from interp.runs import read_meta, run_name
+from interp.runs import open_run, run_name
 from interp.schema import label_column, p_column
 
 QUANTITIES: tuple[str, ...] = ("r", "pr", "p")
@@ -355,7 +355,7 @@ def compute_global_stats(
     """
     options = (options or StatsOptions()).validated()
     path = Path(run)
-    meta = read_meta(path)
+    meta = dict(open_run(path).meta)
     layout = run_layout(path, meta)
     name = run_name(path)
     warnings: list[str] = []

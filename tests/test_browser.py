@@ -139,3 +139,26 @@ def test_report_prints(browser, report: Path, tmp_path: Path) -> None:
     finally:
         page.close()
     assert not problems, problems
+
+
+def test_wide_table_scrolls_inside_its_own_box(browser, extracted_run: Path, tmp_path: Path) -> None:
+    """The combined Table 3 (sentiment and emotion, 13 columns) is wider than a 1300-px window: its own box
+    scrolls, the page does not."""
+    from test_report import make_emotion_run
+
+    from interp.report import run_report
+
+    emotion = make_emotion_run(tmp_path / "runs" / "emo-test")
+    path = run_report([extracted_run, emotion], out=tmp_path / "report", gallery_random=0)
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    try:
+        page.goto(path.resolve().as_uri(), wait_until="load")
+        table = page.locator('table[data-paper-table="3"]')
+        assert table.locator("thead tr").last.locator("th").count() == 1 + 13
+        sizes = table.evaluate("""t => ({table: t.getBoundingClientRect().width, box: t.parentElement.clientWidth,
+            scroll: t.parentElement.scrollWidth, overflow: getComputedStyle(t.parentElement).overflowX})""")
+        assert sizes["table"] > sizes["box"], sizes  # wider than the page: the case this test is about
+        assert sizes["overflow"] in ("auto", "scroll") and sizes["scroll"] >= sizes["table"] - 1, sizes
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1300 + 1
+    finally:
+        page.close()

@@ -18,7 +18,6 @@ import pytest
 from interp.cli import main
 from interp.errors import InterpError
 from interp.local import (
-    LocalResult,
     SampleExplanation,
     explain_sample,
     explain_samples,
@@ -386,11 +385,59 @@ def test_sharded_run(tmp_path: Path) -> None:
     assert [s for s, _ in top_samples(sharded, 4, "tav", "-1")] == _golden_top(merged, ids, 4, "tav", "-1", "pr")
 
 
-def test_write_local_page_returns_paths(run: tuple[Path, dict[str, np.ndarray], list[str]], tmp_path: Path) -> None:
+def test_write_local_page_writes_the_figure_and_the_page(run: tuple[Path, dict[str, np.ndarray], list[str]],
+                                                          tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
     run_path, _, ids = run
-    e = explain_sample(run_path, ids[4])
-    assert isinstance(e, SampleExplanation)
-    result = write_local_page(e, tmp_path / "o")
-    assert isinstance(result, LocalResult)
-    assert result.html_path.name == f"{safe_filename(ids[4])}.html"
-    assert result.png_path.suffix == ".png" and result.svg_path.suffix == ".svg"
+    result = write_local_page(explain_sample(run_path, SCRIPT_ID), tmp_path / "o")
+    assert result.sample_id == SCRIPT_ID
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {
+        f"{safe_filename(SCRIPT_ID)}.{ext}" for ext in ("html", "png", "svg")}
+    assert (result.html_path, result.png_path, result.svg_path) == tuple(
+        tmp_path / "o" / f"{safe_filename(SCRIPT_ID)}.{ext}" for ext in ("html", "png", "svg"))
+    with Image.open(result.png_path) as image:
+        assert image.size[0] > 500 and image.size[1] > 300
+    ET.parse(result.svg_path)  # well-formed XML although the id holds markup
+    html = result.html_path.read_text(encoding="utf-8")
+    assert "&lt;script&gt;" in html and SCRIPT_ID not in html
+
+
+# ---------------------------------------------------------------------------- display pattern: compute, then draw
+
+
+def test_from_run_computes_and_plot_draws_into_given_axes(run: tuple[Path, dict[str, np.ndarray], list[str]]) -> None:
+    """SampleExplanation.from_run computes; .plot(ax=(heatmap, bars)) draws into a notebook's own figure."""
+    from matplotlib.figure import Figure
+
+    run_path, arrays, ids = run
+    e = SampleExplanation.from_run(run_path, ids[3], concept="2")
+    np.testing.assert_allclose(e.pr, arrays["p"][3][:, None] * arrays["r"][3], rtol=1e-6)
+    figure = Figure()
+    heat, bars, spare = figure.subplots(1, 3)
+    assert e.plot(ax=(heat, bars)) is figure
+    np.testing.assert_array_equal(np.asarray(heat.images[0].get_array()), e.pr)
+    widths = np.array([patch.get_width() for patch in bars.containers[0]])
+    assert widths.sum() == pytest.approx(float(arrays["logits"][3][SENTIMENT.index("2")]), abs=1e-4)
+    assert not spare.images and not spare.patches  # nothing drawn outside the axes given
+
+
+def test_compact_plot_is_the_thumbnail(run: tuple[Path, dict[str, np.ndarray], list[str]]) -> None:
+    """compact=True: the same numbers, small (the report's gallery card), without title or colour bar."""
+    run_path, arrays, ids = run
+    e = explain_sample(run_path, ids[6])
+    full, compact = e.plot(), e.plot(compact=True)
+    assert len(compact.axes) == 2 and len(full.axes) == 3  # heatmap, bars (+ the colour bar of the full figure)
+    assert compact._suptitle is None  # type: ignore[attr-defined]
+    width, height = compact.get_size_inches()
+    assert width < full.get_size_inches()[0] / 2 and height < full.get_size_inches()[1] / 2
+    heatmap = _axes(compact, "heatmap")
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in heatmap.texts}
+    golden = arrays["p"][6][:, None] * arrays["r"][6]
+    assert texts == {(i, j): f"{golden[i, j]:.2f}" for i in range(len(FEATURES)) for j in range(len(SENTIMENT))}
+    outline = heatmap.patches[0]
+    assert outline.get_x() == pytest.approx(SENTIMENT.index(e.concept) - 0.5)
+    widths = np.array([patch.get_width() for patch in _axes(compact, "contributions").containers[0]])
+    assert widths.sum() == pytest.approx(e.concept_logit, abs=1e-4)

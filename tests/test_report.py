@@ -124,7 +124,7 @@ def close(a: float, b: float, tol: float = 1e-9) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
-def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
+def make_emotion_run(path: Path, n: int = 80, seed: int = 1, split: str = "test") -> Path:
     """A small emotion run written directly (no model): the planted feature of each emotion is routed to it."""
     rng = np.random.default_rng(seed)
     n_features, n_concepts = len(FEATURES), len(EMOTIONS)
@@ -136,7 +136,7 @@ def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
     contributions = (p[:, :, None] * r * rng.normal(0.0, 1.0, size=r.shape)).astype(np.float32)
     batch = RunBatch(
         sample_ids=[f"emo{i:03d}" for i in range(n)],
-        split="test",
+        split=split,
         rows=np.arange(n, dtype=np.int64),
         targets=(rng.uniform(size=(n, n_concepts)) > 0.6).astype(np.float32),
         logits=contributions.sum(axis=1),
@@ -147,7 +147,7 @@ def make_emotion_run(path: Path, n: int = 80, seed: int = 1) -> Path:
     )
     meta = {
         "variant": "routing",
-        "split": "test",
+        "split": split,
         "planted": EMOTION_PLANTED,
         "checkpoint": "models/emotion.pt",
         "checkpoint_sha256": "ab" * 32,
@@ -183,8 +183,10 @@ def test_report_is_written_with_every_section(report: Path, parsed: ReportParser
     for section in ("model-card", "performance", "planted", "global", "gallery", "files"):
         assert section in parsed.ids, f"section {section} missing"
     text = report.read_text(encoding="utf-8")
-    assert "How to read this" in text or 'class="howto"' in text
-    assert text.count('class="howto"') >= 5
+    howtos = [a for t, a in parsed.elements if t == "p" and a.get("class") == "howto"]
+    assert len(howtos) == text.count('<p class="howto">') >= 6  # model, performance, planted, global, gallery, files
+    # The global section (a macro of global.html) says how to read it right under its heading.
+    assert re.search(r'<section id="global"[^>]*>\s*<h2>Global interpretation</h2>\s*<p class="howto">Each cell', text)
     assert "@media print" in text
 
 
@@ -301,16 +303,37 @@ def test_paper_learning_rates_match_training_defaults() -> None:
     assert PAPER_LR == DEFAULT_LR
 
 
-def test_default_run_and_folder(extracted_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import interp.report
-
-    calls: list[int] = []
-    monkeypatch.setattr(interp.report, "gallery_items", lambda *args: calls.append(args[4]) or [])  # pages: tested above
+def test_default_run_and_folder(extracted_run: Path, tmp_path: Path) -> None:
     path = run_report(None, runs_root=extracted_run.parent, reports_root=tmp_path, gallery_random=0)
-    assert calls == [0]
     assert path == tmp_path / extracted_run.name / "index.html"
     assert (tmp_path / extracted_run.name / "global.html").is_file()
-    assert "No sample to show" in path.read_text(encoding="utf-8")
+    cards = parse(path).with_attr("data-kind", "figure")
+    assert cards and {c["data-kind"] for c in cards} == {"top"}  # gallery_random=0: no random card
+
+
+def test_build_report_is_data_and_write_report_renders_it(extracted_run: Path, tmp_path: Path) -> None:
+    """build_report reads the run and writes nothing; write_report renders exactly what the model holds."""
+    from interp.local import random_samples
+    from interp.report import build_report, write_report
+
+    before = sorted(p.relative_to(extracted_run) for p in extracted_run.rglob("*"))
+    model = build_report([extracted_run], gallery_random=2, seed=4)
+    assert sorted(p.relative_to(extracted_run) for p in extracted_run.rglob("*")) == before
+    assert [s.name for s in model.runs] == [extracted_run.name]
+    choices = model.runs[0].gallery
+    assert [c.explanation.sample_id for c in choices if c.kind == "random"] == random_samples(extracted_run, 2, 4)
+    planted = model.runs[0].planted
+    assert model.glance[0]["agreement"] == sum(row.planted in row.recovered for row in planted)
+    out = tmp_path / "written"
+    parsed = parse(write_report(model, out))
+    # The table of contents links, in order, the sections the page holds.
+    toc = [a["href"][1:] for t, a in parsed.elements if t == "a" and a.get("href", "").startswith("#")]
+    sections = [a["id"] for t, a in parsed.elements if t == "section" and a.get("id")]
+    assert toc == [anchor for anchor, _ in model.toc] == sections
+    shown = [(c["data-sample-id"], c["data-kind"]) for c in parsed.with_attr("data-sample-id", "figure")]
+    assert shown == [(c.explanation.sample_id, c.kind) for c in choices]
+    for choice in choices:
+        assert (out / choice.folder).is_dir()
 
 
 def test_two_runs_sentiment_and_emotion_give_tables_3_to_7(extracted_run: Path, tmp_path: Path) -> None:
@@ -336,6 +359,22 @@ def test_two_runs_sentiment_and_emotion_give_tables_3_to_7(extracted_run: Path, 
     assert (path.parent / "local" / "emo-test").is_dir() and (path.parent / "local" / extracted_run.name).is_dir()
     text = path.read_text(encoding="utf-8")
     assert "<b>not markup</b>" not in text
+
+
+def test_run_of_the_valid_split_keeps_its_own_metric_cells(tmp_path: Path) -> None:
+    """A run extracted from the valid split: its cells are the run's, not model selection's (they were mislabelled
+    as "valid" when the template tagged cells by the column title's first word)."""
+    run = make_emotion_run(tmp_path / "runs" / "emo-valid", split="valid")
+    parsed = parse(run_report([run], out=tmp_path / "report", gallery_random=0))
+    cells = parsed.with_attr("data-metric", "td")
+    shown_run = {a["data-metric"]: float(a["data-value"]) for a in cells if a["data-source"] == "run"}
+    shown_valid = {a["data-metric"]: float(a["data-value"]) for a in cells if a["data-source"] == "valid"}
+    samples = pd.read_parquet(run / "samples.parquet")
+    accuracies = [float(np.mean((samples[f"logit_{c}"] > 0) == samples[f"label_{c}"].astype(bool))) for c in EMOTIONS]
+    for concept, accuracy in zip(EMOTIONS, accuracies):
+        assert close(shown_run[f"acc_{concept}"], accuracy), concept
+    assert close(shown_run["acc_mean"], float(np.mean(accuracies)))
+    assert {k: v for k, v in shown_valid.items() if not math.isnan(v)} == {"acc_mean": 0.6, "f1_mean": 0.55}
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,9 +11,9 @@ from interp.data import get_split, load_dataset, targets
 from interp.outputs import check_not_input, check_replaceable_file
 from interp.metrics import task_metrics
 from interp.runs import atomic_write_text
-from interp.train import (
-    check_compatible, load_checkpoint, masks_padding, predict_logits, resolve_data_path, resolve_device,
-)
+from interp.checkpoint import check_compatible, load_checkpoint, masks_padding, resolve_data_path
+from interp.devices import resolve_device
+from interp.inference import predict_logits
 
 #: Display names of the metrics, in table order.
 METRIC_LABELS = {

@@ -29,9 +29,10 @@ from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter, check_target, finalize_run, make_temp_dir
 from interp.schema import FEATURES, ROUTING_FILE, SAMPLES_FILE
-from interp.train import (
-    LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path, resolve_device,
+from interp.checkpoint import (
+    LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path,
 )
+from interp.devices import resolve_device
 
 SPLITS = ("train", "valid", "test")
 
@@ -320,7 +321,7 @@ def extract(
     ``data`` and ``split`` default to what the checkpoint recorded (its data file; the test split).
     ``amp="bf16"`` autocasts the encoders on CUDA; p, r and contributions are always computed in fp32.
     ``format``: the data layout (``mult`` / ``mmsa``; None detects it). Padding is masked for checkpoints trained
-    with it (:func:`interp.train.masks_padding`).
+    with it (:func:`interp.checkpoint.masks_padding`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its own contiguous chunk of the samples into
     ``routing-rank<k>.parquet`` / ``samples-rank<k>.parquet`` and rank 0 writes meta.json last

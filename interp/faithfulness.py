@@ -57,15 +57,9 @@ from interp.model import RoutingModel, route
 from interp.progress import progress_bar
 from interp.runs import atomic_write_bytes, atomic_write_text, read_meta, resolve_run, samples_files
 from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
-from interp.train import (
-    LoadedModel,
-    check_compatible,
-    load_checkpoint,
-    masks_padding,
-    resolve_data_path,
-    resolve_device,
-    split_lengths,
-)
+from interp.checkpoint import LoadedModel, check_compatible, load_checkpoint, masks_padding, resolve_data_path
+from interp.devices import resolve_device
+from interp.inference import split_lengths
 
 FORMAT = "interp-faithfulness"
 N_FEATURES = len(FEATURES)
@@ -178,7 +172,7 @@ class FaithfulnessResult:
 
 def _batch_inputs(part: Any, rows: slice, device: torch.device, mask_padding: bool) -> list[Any]:
     """The encoder inputs of rows of a split: ``[text (B,T_t,d_t), audio, vision, lengths (B,3) | None, padding]``
-    on ``device`` (lengths only when the checkpoint was trained with padding masked, as ``train.predict_logits``).
+    on ``device`` (lengths only when the checkpoint was trained with padding masked, as :func:`interp.inference.predict_logits`).
 
     Every encoder call of this module takes ``model.features(*inputs)``.
     """

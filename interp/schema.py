@@ -32,6 +32,9 @@ TASK_CONCEPTS: dict[str, tuple[str, ...]] = {
 #: Tasks whose concepts are exclusive (softmax, cross-entropy); the others are multi-label (sigmoid, BCE).
 SINGLE_LABEL_TASKS: frozenset[str] = frozenset({"sentiment"})
 
+#: The paper's learning rates per task (1e-4, except 1e-5 for emotion): the default of ``interp train --lr``.
+DEFAULT_LR: dict[str, float] = {"sentiment": 1e-4, "emotion": 1e-5, "iemocap": 1e-4}
+
 VARIANTS: dict[str, int] = {"routing": 2, "routing1": 1, "gam": 0}
 """Model variants and their routing iterations (0 = no routing: r fixed at 1/J)."""
 

@@ -117,7 +117,7 @@ def test_old_configs_keep_their_encoder_dropout() -> None:
 
 def test_cli_dropout_flags_reach_the_checkpoint(synth_data: Path, tmp_path: Path) -> None:
     from interp.cli import main
-    from interp.train import read_checkpoint
+    from interp.checkpoint import read_checkpoint
 
     out = tmp_path / "m.pt"
     code = main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--d-model", "8",

@@ -23,13 +23,11 @@ from typing import IO, Any, Mapping
 import numpy as np
 
 from interp.errors import DataError, DataWarning
-from interp.mmsa import LAYOUTS, SplitExtras, detect_layout, mmsa_to_mult
+from interp.mmsa import SplitExtras, detect_layout, mmsa_to_mult
 from interp.padding import stack_lengths
 from interp.guard import check_nesting, check_planted_info, clean_text, read_json
-from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
+from interp.schema import LAYOUTS, MODALITIES, SPLITS, TASK_CONCEPTS, concept_names
 
-#: Split names in their canonical order.
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 #: Other names some pickles use for the validation split.
 _VALID_ALIASES: tuple[str, ...] = ("dev", "val", "validation")
 #: Sentiment labels may exceed [-3, 3] by this much (float rounding) before they are refused.
@@ -128,7 +126,7 @@ class Dataset:
     order train, valid, test; ``nonfinite``: count of replaced non-finite values per ``"split/modality"`` and in
     ``"total"``; ``planted``: the planted ``{concept: feature}`` map read from ``<stem>.planted.json`` beside the
     data (synthetic data), else None; ``planted_info``: that whole JSON document, else None; ``layout``: ``mult``
-    or ``mmsa`` (:data:`interp.mmsa.LAYOUTS`).
+    or ``mmsa`` (:data:`interp.schema.LAYOUTS`).
     """
 
     path: Path

@@ -28,13 +28,12 @@ from interp.outputs import check_not_input
 from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, RunBatch, RunWriter, check_target, finalize_run, make_temp_dir
-from interp.schema import FEATURES, ROUTING_FILE, SAMPLES_FILE
+from interp.schema import AMP, FEATURES, ROUTING_FILE, SAMPLES_FILE, SPLITS
 from interp.checkpoint import (
     LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path,
 )
 from interp.devices import resolve_device
 
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -362,8 +361,8 @@ def _prepare(
     format: str | None = None,
 ) -> tuple[LoadedModel, Dataset, ExtractionSource, Path]:
     """Check the options, load the checkpoint and the data; returns (loaded, dataset, source, run directory)."""
-    if amp not in (None, "bf16"):
-        raise InterpError(f"unknown --amp {amp!r}; the only choice is bf16")
+    if amp is not None and amp not in AMP:
+        raise InterpError(f"unknown --amp {amp!r}; choose one of {', '.join(AMP)}")
     if amp == "bf16" and torch_device.type != "cuda":
         raise InterpError("--amp bf16 needs a CUDA device; drop --amp on CPU")
     if batch_size < 1:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from interp.errors import CheckpointError, InterpError
-from interp.schema import FEATURES, VARIANTS
+from interp.schema import FEATURE_MODALITIES, FEATURES, VARIANTS
 
 __all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "padding_masks", "route", "sinusoidal_positions"]
 
@@ -486,13 +486,12 @@ class RoutingOutput:
 
 
 #: (query modality, source modality) of the six cross-modal encoders, as indices into (text, audio, vision).
+#: The bimodal features first (ta: text queries audio, av, vt), then their reverses (at, va, tv), fused into tav.
+#: The order fixes the order in which the encoders are built, hence their initial weights under a seed.
+_BIMODAL: tuple[str, ...] = tuple(f for f in FEATURES if len(FEATURE_MODALITIES[f]) == 2)
 _CROSS_PAIRS: dict[str, tuple[int, int]] = {
-    "ta": (0, 1),  # text queries audio
-    "av": (1, 2),  # audio queries vision
-    "vt": (2, 0),  # vision queries text
-    "at": (1, 0),  # audio queries text   (reverse, fused into tav)
-    "va": (2, 1),  # vision queries audio (reverse, fused into tav)
-    "tv": (0, 2),  # text queries vision  (reverse, fused into tav)
+    **{f: (FEATURE_MODALITIES[f][0], FEATURE_MODALITIES[f][1]) for f in _BIMODAL},
+    **{f[::-1]: (FEATURE_MODALITIES[f][1], FEATURE_MODALITIES[f][0]) for f in _BIMODAL},
 }
 
 

@@ -254,18 +254,8 @@ class GlobalStats:
         frame = self.quantity_cells(quantity).pivot(index="feature", columns="concept", values=field)
         return frame.reindex(index=list(self.features), columns=list(self.columns(quantity)))
 
-    def table(self, quantity: str, digits: int = 3, marks: bool = False) -> pd.DataFrame:
-        from interp.tables import interval_table
-
-        return interval_table(self, quantity, digits=digits, marks=marks)
-
     def to_frame(self) -> pd.DataFrame:
         return self.cells.copy()
-
-    def summary(self) -> str:
-        from interp.tables import summary_text
-
-        return summary_text(self)
 
 
 def _check_quantity(quantity: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from interp.model import Attention, ModelConfig, RoutingModel
+from interp.encoders import Attention
+from interp.model import ModelConfig, RoutingModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from _old_encoders import OldCrossModalEncoder, OldSelfAttentionEncoder, old_model  # noqa: E402

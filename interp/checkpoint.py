@@ -24,12 +24,14 @@ import torch
 
 import interp
 from interp import guard
-from interp.data import Dataset, Split, input_dims, sha256_file, targets
+from interp.data import Dataset, Split, input_dims
 from interp.devices import resolve_device
 from interp.errors import CheckpointError, DataError
 from interp.model import ModelConfig, RoutingModel
+from interp.pickles import sha256_file
 from interp.runs import atomic_write_bytes
 from interp.schema import FEATURES, concept_names
+from interp.targets import targets
 
 CHECKPOINT_FORMAT = "interp-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -36,13 +36,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from interp.checkpoint import cpu_state, save_checkpoint
-from interp.data import Dataset, Split, get_split, input_dims, load_dataset, targets
+from interp.data import Dataset, Split, get_split, input_dims, load_dataset
 from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.metrics import HEADLINE, task_metrics
 from interp.model import ModelConfig, RoutingModel
 from interp.progress import progress_bar
 from interp.schema import DEFAULT_LR, SINGLE_LABEL_TASKS, VARIANTS, concept_names
+from interp.targets import targets
 from interp.train import TrainResult, loss_function, split_tensors
 
 __all__ = ["train_vectorised"]

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
 
 from interp import distributed
-from interp.data import Dataset, Split, get_split, load_dataset, seq_lens, targets
+from interp.data import Dataset, Split, get_split, load_dataset, seq_lens
 from interp.errors import InterpError
 from interp.outputs import check_not_input
 from interp.progress import progress_bar
@@ -33,6 +33,7 @@ from interp.checkpoint import (
     LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path,
 )
 from interp.devices import resolve_device
+from interp.targets import targets
 
 
 

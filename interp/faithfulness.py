@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.errors import InterpError, RunError
 from interp.extract import select_source
 from interp.faithfulness_stats import (
@@ -60,6 +60,7 @@ from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
 from interp.checkpoint import LoadedModel, check_compatible, load_checkpoint, masks_padding, resolve_data_path
 from interp.devices import resolve_device
 from interp.inference import split_lengths
+from interp.targets import targets
 
 FORMAT = "interp-faithfulness"
 N_FEATURES = len(FEATURES)

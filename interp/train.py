@@ -20,7 +20,7 @@ from torch import nn
 
 from interp import guard
 from interp.checkpoint import cpu_state, restore_checkpoint, save_checkpoint
-from interp.data import PLANTED_SUFFIX, Dataset, Split, get_split, input_dims, load_dataset, targets
+from interp.data import PLANTED_SUFFIX, Dataset, Split, get_split, input_dims, load_dataset
 from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.inference import predict_logits, split_lengths
@@ -29,6 +29,7 @@ from interp.model import ModelConfig, RoutingModel
 from interp.outputs import check_not_input, check_replaceable_checkpoint
 from interp.progress import progress_bar
 from interp.schema import DEFAULT_LR, SINGLE_LABEL_TASKS, VARIANTS, concept_names
+from interp.targets import targets
 
 
 @dataclass

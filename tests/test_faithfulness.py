@@ -221,7 +221,7 @@ def test_randomised_models_leave_the_model_and_global_rng_alone(trained_checkpoi
 
 def test_uniform_routing_metrics_match_an_independent_gam_head(result, features) -> None:
     from interp.metrics import task_metrics
-    from interp.data import targets
+    from interp.targets import targets
 
     loaded, split, _, f, p = features
     with torch.inference_mode():

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.errors import InterpError
 from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS
 from interp.synth import synthesize, write_synthetic
+from interp.targets import targets
 
 SMALL = {"n_train": 600, "n_valid": 100, "n_test": 150}
 # Modalities (indices into MODALITIES) that each feature combines, written out independently of the code.

@@ -12,10 +12,11 @@ import torch
 from interp import train as train_module
 from interp.checkpoint import load_checkpoint, read_checkpoint
 from interp.cli import main
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.evaluate import evaluate
 from interp.inference import predict_logits
 from interp.metrics import sentiment_classes
+from interp.targets import targets
 from interp.train import train
 
 TINY = dict(task="sentiment", batch_size=32, lr=1e-3, seed=0, device="cpu", d_model=16, n_heads=2, n_layers=1,

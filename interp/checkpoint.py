@@ -15,7 +15,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas
@@ -23,14 +23,18 @@ import pyarrow
 import torch
 
 import interp
-from interp import guard
 from interp.data import Dataset, Split, input_dims
 from interp.devices import resolve_device
-from interp.errors import CheckpointError, DataError
+from interp.errors import CheckpointError, DataError, InterpError
+from interp.guard import (
+    CHECKPOINT_VERSIONS, MAX_CONCEPTS, MAX_INPUT_DIM, MAX_LAYERS, MAX_ROUTING_ITERATIONS, MAX_WIDTH,
+    TRAIN_BYTES_PER_PARAMETER, TRAIN_NUMBERS, check_memory, check_names, check_planted, is_int, is_number, one_line,
+    printable, short_repr,
+)
 from interp.model import ModelConfig, RoutingModel
 from interp.pickles import sha256_file
 from interp.runs import atomic_write_bytes
-from interp.schema import FEATURES, concept_names
+from interp.schema import FEATURES, TASK_CONCEPTS, concept_names
 from interp.targets import targets
 
 CHECKPOINT_FORMAT = "interp-checkpoint"
@@ -188,7 +192,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     missing = [key for key in ("state_dict", "config", "task", "concepts", "data", "train") if key not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; train it again with `interp train`")
-    guard.check_checkpoint(checkpoint, path)
+    check_checkpoint(checkpoint, path)
     return checkpoint
 
 
@@ -196,13 +200,13 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Loa
     """Rebuild the model of a checkpoint on ``device``, in eval mode."""
     checkpoint = read_checkpoint(path)
     config = ModelConfig.from_dict(checkpoint["config"])
-    guard.check_model_config(config, f"checkpoint {path}")
+    check_model_config(config, f"checkpoint {path}")
     model = RoutingModel(config)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, KeyError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint {path} does not match its own model config ({guard.one_line(error)[:300]})"
+            f"checkpoint {path} does not match its own model config ({one_line(error)[:300]})"
         ) from None
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=Path(path), sha256=sha256_file(path))
@@ -232,3 +236,79 @@ def check_compatible(loaded: LoadedModel, dataset: Dataset, split: Split) -> Non
             f"has {found}; pass the data it was trained on with --data"
         )
     targets(split.labels, loaded.task)  # raises DataError when the labels do not fit the task
+
+
+# ------------------------------------------------------------------------------------------------- schema
+
+
+def check_checkpoint(checkpoint: Mapping[str, Any], path: Path | str) -> None:
+    """A checkpoint's entries have the types :func:`interp.train.train` writes (its version is one this interp
+    reads, the concept names are distinct, the weights are tensors)."""
+    hint = "train it again with `interp train`"
+    version = checkpoint.get("version")
+    if not is_int(version) or version not in CHECKPOINT_VERSIONS:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {printable(short_repr(version))}, but this interp reads version(s) "
+            f"{', '.join(map(str, CHECKPOINT_VERSIONS))}; use the interp that wrote it, or {hint}")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"checkpoint {path}: state_dict must map parameter names to tensors, got "
+                              f"{short_repr(state)}; {hint}")
+    if not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path}: config must be an object, got {short_repr(checkpoint.get('config'))}")
+    task = checkpoint.get("task")
+    if task not in TASK_CONCEPTS:
+        raise CheckpointError(f"checkpoint {path}: unknown task {printable(short_repr(task))}; {hint}")
+    concepts = check_names(checkpoint.get("concepts"), f"checkpoint {path}", "concepts", CheckpointError)
+    if len(concepts) != checkpoint["config"].get("n_concepts"):
+        raise CheckpointError(f"checkpoint {path} names {len(concepts)} concepts but its model has "
+                              f"{printable(short_repr(checkpoint['config'].get('n_concepts')))}; {hint}")
+    if "features" in checkpoint and checkpoint["features"] != list(FEATURES):
+        raise CheckpointError(f"checkpoint {path}: features must be {list(FEATURES)}; {hint}")
+    data = checkpoint.get("data")
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path}: data must be an object (path, sha256, planted), got {short_repr(data)}")
+    for key in ("path", "abs_path", "sha256"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise CheckpointError(f"checkpoint {path}: data.{key} must be a string, got {short_repr(data[key])}; {hint}")
+    if data.get("planted") is not None:
+        check_planted(data["planted"], f"checkpoint {path}", CheckpointError, concepts)
+    train = checkpoint.get("train")
+    if not isinstance(train, dict):
+        raise CheckpointError(f"checkpoint {path}: train must be an object, got {short_repr(train)}; {hint}")
+    for key in TRAIN_NUMBERS:
+        if train.get(key) is not None and not is_number(train[key]):
+            raise CheckpointError(f"checkpoint {path}: train.{key} must be a number, got {short_repr(train[key])}; {hint}")
+    metrics = train.get("valid_metrics", {})
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and is_number(v) for k, v in metrics.items()):
+        raise CheckpointError(f"checkpoint {path}: train.valid_metrics must map names to numbers; {hint}")
+    if not isinstance(train.get("history", []), list):
+        raise CheckpointError(f"checkpoint {path}: train.history must be a list; {hint}")
+    resume = checkpoint.get("resume")
+    if resume is not None and not (isinstance(resume, dict) and is_int(resume.get("epoch"))
+                                   and is_int(resume.get("stale")) and isinstance(resume.get("state_dict"), dict)
+                                   and isinstance(resume.get("optimizer"), dict)):
+        raise CheckpointError(f"checkpoint {path}: its training state (resume) is damaged; {hint} without --resume")
+
+
+def check_model_config(config: Any, where: str, training: bool = False) -> None:
+    """A :class:`interp.model.ModelConfig` within the declared limits, whose parameters (counted on torch's meta
+    device, nothing allocated) fit in memory: 4 bytes each, :data:`TRAIN_BYTES_PER_PARAMETER` when ``training``."""
+    error = InterpError if training else CheckpointError
+    limits = {"d_model": MAX_WIDTH, "d_feature": MAX_WIDTH, "d_concept": MAX_WIDTH, "n_layers": MAX_LAYERS,
+              "n_heads": MAX_LAYERS, "n_concepts": MAX_CONCEPTS}
+    for name, limit in limits.items():
+        if getattr(config, name) > limit:
+            raise error(f"{where}: {name} = {getattr(config, name)} is above the limit {limit}")
+    if max(config.input_dims) > MAX_INPUT_DIM:
+        raise error(f"{where}: input_dims {list(config.input_dims)} exceed the limit {MAX_INPUT_DIM} per modality")
+    if config.iterations > MAX_ROUTING_ITERATIONS:
+        raise error(f"{where}: routing_iterations = {config.iterations} is above the limit {MAX_ROUTING_ITERATIONS} "
+                    "(the paper uses 1 to 3)")
+    with torch.device("meta"):
+        n_parameters = sum(p.numel() for p in RoutingModel(config).parameters())
+    per_parameter = TRAIN_BYTES_PER_PARAMETER if training else 4
+    check_memory(n_parameters * per_parameter, f"{where}: a model of {n_parameters:,} parameters",
+                 "choose smaller --d-model, --n-layers, --d-feature or --d-concept" if training
+                 else "it was not written by `interp train` on this kind of machine", error)

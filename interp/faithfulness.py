@@ -40,7 +40,7 @@ from torch import Tensor
 
 from interp.data import load_dataset
 from interp.errors import InterpError, RunError
-from interp.extract import select_source
+from interp.extraction import select_source
 from interp.faithfulness_stats import (
     FAITHFULNESS_FILE,
     ORDERS,

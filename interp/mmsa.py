@@ -26,7 +26,6 @@ import numpy as np
 
 from interp.errors import DataError
 from interp.padding import checked_lengths
-from interp.schema import LAYOUTS
 
 #: Separator of video and clip in MMSA sample ids.
 ID_SEPARATOR = "$_$"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from interp import guard
-from interp.checkpoint import cpu_state, restore_checkpoint, save_checkpoint
+from interp.checkpoint import check_model_config, cpu_state, restore_checkpoint, save_checkpoint
 from interp.data import PLANTED_SUFFIX, Dataset, Split, get_split, input_dims, load_dataset
 from interp.devices import resolve_device
 from interp.errors import InterpError
@@ -171,7 +171,7 @@ def train(
         relu_dropout=relu_dropout,
         res_dropout=res_dropout,
     )
-    guard.check_model_config(config, "the model", training=True)
+    check_model_config(config, "the model", training=True)
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,

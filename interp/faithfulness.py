@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import time
@@ -315,8 +316,6 @@ _INTERVAL_KEYS = ("estimate", "low", "high", "std", "n", "kind", "method", "leve
 
 def write_outputs(result: FaithfulnessResult, out_dir: Path | str) -> Path:
     """Write faithfulness.json and ``faithfulness_<table>.parquet`` / ``.csv`` atomically; returns the JSON path."""
-    import io
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in result.tables.items():

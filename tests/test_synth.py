@@ -10,7 +10,8 @@ import pytest
 
 from interp.data import load_dataset
 from interp.errors import InterpError
-from interp.schema import FEATURE_MODALITIES, FEATURE_NAMES, FEATURES, MODALITIES, TASK_CONCEPTS, related_features
+from interp.schema import FEATURE_MODALITIES as SCHEMA_MODALITIES
+from interp.schema import FEATURE_NAMES, FEATURES, MODALITIES, TASK_CONCEPTS, related_features
 from interp.synth import synthesize, write_synthetic
 from interp.targets import targets
 
@@ -152,9 +153,10 @@ def test_bad_arguments(kwargs: dict) -> None:
 def test_feature_modalities_agree_with_the_feature_names() -> None:
     """The one feature→modality map (planting here, the model's cross-modal pairs, the report's related features)
     says what the long names say: ``vt`` is vision+text = (2, 0); features nest when one's modalities hold the other's."""
-    assert list(FEATURE_MODALITIES) == list(FEATURES)
+    assert list(SCHEMA_MODALITIES) == list(FEATURES)
     for feature in FEATURES:
-        assert FEATURE_MODALITIES[feature] == tuple(MODALITIES.index(m) for m in FEATURE_NAMES[feature].split("+"))
+        assert SCHEMA_MODALITIES[feature] == tuple(MODALITIES.index(m) for m in FEATURE_NAMES[feature].split("+"))
+        assert set(SCHEMA_MODALITIES[feature]) == set(FEATURE_MODALITIES[feature])  # this file's own map
     nested = {(a, b) for a in FEATURES for b in FEATURES if related_features(a, b)}
     assert ("t", "ta") in nested and ("ta", "tav") in nested and ("vt", "t") in nested
     assert ("t", "av") not in nested and ("ta", "av") not in nested and ("t", "t") not in nested

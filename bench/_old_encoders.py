@@ -15,7 +15,8 @@ import types
 import torch
 from torch import Tensor, nn
 
-from interp.model import _CROSS_PAIRS, RoutingModel, sinusoidal_positions
+from interp.encoders import sinusoidal_positions
+from interp.model import _CROSS_PAIRS, RoutingModel
 
 
 class OldModalityEmbedding(nn.Module):

@@ -74,9 +74,10 @@ def naive_extract(ckpt: Path, data: Path, out: Path, batch_size: int, device: st
     import pandas as pd
     import torch
 
-    from interp.data import load_dataset, targets
+    from interp.data import load_dataset
     from interp.schema import FEATURES
-    from interp.train import load_checkpoint
+    from interp.targets import targets
+    from interp.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt, device)
     model = loaded.model.eval()
@@ -241,7 +242,7 @@ def make_mosi_tiled(root: Path, source: Path = MOSI, times: int = 10) -> tuple[P
     """CMU-MOSI with its test split tiled ``times`` times (ids made unique), and a small warm-up copy."""
     import numpy as np
 
-    from interp.data import safe_load_pickle
+    from interp.pickles import safe_load_pickle
 
     raw = safe_load_pickle(source)
     tiled = {name: dict(split) for name, split in raw.items()}

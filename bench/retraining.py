@@ -24,7 +24,7 @@ from scipy import stats as sps
 
 from interp.ensemble import pool_seeds, seed_of, verdict_survival
 from interp.stats import StatsOptions, compute_global_stats
-from interp.tables import interval_table
+from interp.tables import IntervalTable
 
 
 def _bold_columns(stats, quantity: str = "r") -> dict[str, str]:
@@ -68,7 +68,7 @@ def main() -> None:
     ensemble = pool_seeds(singles)
     print(f"\nensemble Table 3 (r̄; interval over seeds: Student t, K = {len(singles)}, {len(singles) - 1} df; "
           f"baseline 1/J = {ensemble.baseline:.3f}; ⁺ above, ⁻ below, bold as **):")
-    table = interval_table(ensemble, "r", marks=True, style="markdown")
+    table = IntervalTable.from_stats(ensemble, "r").as_frame(marks=True, style="markdown")
     print("| r̄ | " + " | ".join(table.columns) + " |\n|---" * 1 + "|---" * len(table.columns) + "|")
     for feature, row in table.iterrows():
         print(f"| {feature} | " + " | ".join(row) + " |")

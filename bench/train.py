@@ -99,7 +99,8 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
     """
     from interp.extract import extract
     from interp.synth import write_synthetic
-    from interp.train import load_checkpoint, train
+    from interp.checkpoint import load_checkpoint
+    from interp.train import train
 
     data = workdir / f"data-{n}-{seq_len}.pkl"
     if not data.exists():

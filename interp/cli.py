@@ -13,7 +13,12 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from interp import cli_commands
+from interp.errors import DataWarning, InterpError
 from interp.guard import bootstrap_samples_arg, lr_arg, one_line, printable, seed_arg, workers_arg
+from interp.schema import (
+    AMP, BASELINES, CLUSTERS, CORRECTIONS, DEFAULT_LR, FEATURES, GROUPS, INTERVALS, LAYOUTS, RANK_BY, SPLITS, TASKS, VARIANTS,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -24,6 +29,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"interp: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``--seeds`` text as seeds (:func:`interp.seeds.parse_seeds`; imported here, when the option is given, because
+    interp.seeds pulls in torch and ``interp --help`` must stay fast)."""
+    from interp.seeds import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except InterpError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--seeds {text!r}: ")) from None
 
 
 def _positive_int(text: str) -> int:
@@ -76,231 +92,6 @@ THREADS_HELP = (
 FORMAT_HELP = "data layout: mult (MulT pickle) or mmsa (MMSA aligned/unaligned pickle); default: detected from the keys"
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` (process-wide, so the CLI sets it; a notebook calls torch.set_num_threads itself)."""
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-# --------------------------------------------------------------------------------------------------- commands
-
-
-def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from interp.synth import write_synthetic
-
-    result = write_synthetic(
-        args.out,
-        task=args.task,
-        n_train=args.n_train,
-        n_valid=args.n_valid,
-        n_test=args.n_test,
-        seq_len=args.seq_len,
-        noise=args.noise,
-        seed=args.seed,
-    )
-    print(f"wrote {result.data_path} and its planted map {result.planted_path}")
-    for concept, feature in result.planted.items():
-        print(f"  concept {concept:>8} <- {feature}")
-    return 0
-
-
-def _cmd_data_inspect(args: argparse.Namespace) -> int:
-    import json
-
-    from interp.data_inspect import inspect_data
-
-    report = inspect_data(args.path, format=args.format)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.render())
-    return 0
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    from interp.errors import InterpError
-    from interp.seeds import parse_seeds
-
-    try:
-        return parse_seeds(text)
-    except InterpError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--seeds {text!r}: ")) from None
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from interp.train import train
-
-    _set_threads(args)
-    if args.seeds is not None:
-        return _cmd_train_seeds(args)
-    result = train(
-        data_path=args.data,
-        out=args.out,
-        task=args.task,
-        variant=args.variant,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        seed=args.seed if args.seed is not None else 0,
-        device=args.device,
-        d_model=args.d_model,
-        n_heads=args.n_heads,
-        n_layers=args.n_layers,
-        d_feature=args.d_feature,
-        d_concept=args.d_concept,
-        concept_dropout=args.dropout,
-        embed_dropout=args.embed_dropout,
-        attn_dropout=args.attn_dropout,
-        relu_dropout=args.relu_dropout,
-        res_dropout=args.res_dropout,
-        grad_clip=args.grad_clip,
-        resume=args.resume,
-        progress=not args.quiet,
-        format=args.format,
-    )
-    print(result.summary())
-    return 0
-
-
-def _cmd_train_seeds(args: argparse.Namespace) -> int:
-    from interp.errors import InterpError
-    from interp.seeds import train_seeds
-
-    if args.seed is not None:
-        raise InterpError("pass --seed or --seeds, not both")
-    result = train_seeds(
-        args.data, args.out, args.seeds, resume=args.resume, progress=not args.quiet, task=args.task,
-        variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        device=args.device, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
-        d_feature=args.d_feature, d_concept=args.d_concept, concept_dropout=args.dropout, grad_clip=args.grad_clip,
-        embed_dropout=args.embed_dropout, attn_dropout=args.attn_dropout, relu_dropout=args.relu_dropout,
-        res_dropout=args.res_dropout, format=args.format,
-    )
-    print(result.render())
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from interp.evaluate import evaluate
-
-    _set_threads(args)
-    result = evaluate(
-        args.ckpt, data=args.data, split=args.split, device=args.device, batch_size=args.batch_size, out=args.out,
-        format=args.format,
-    )
-    print(result.table())
-    print(f"metrics written to {result.path}")
-    return 0
-
-
-def _cmd_extract(args: argparse.Namespace) -> int:
-    from interp.extract_many import extract_many
-
-    _set_threads(args)
-    runs = extract_many(
-        args.ckpt or [Path("models/model.pt")],
-        data=args.data,
-        split=args.split,
-        out=args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        force=args.force,
-        amp=args.amp,
-        num_workers=args.num_workers,
-        compile=args.compile,
-        progress=not args.quiet,
-        format=args.format,
-    )
-    for run in runs:
-        print(f"run written to {run}")
-    return 0
-
-
-def _cmd_global(args: argparse.Namespace) -> int:
-    from interp.global_report import run_global
-    from interp.outputs import check_report_out
-
-    check_report_out(args.out, args.run)
-
-    result = run_global(
-        runs=args.run or None,
-        baseline=args.baseline,
-        level=args.level,
-        group=args.group,
-        interval=args.interval,
-        correction=args.correction,
-        split=args.split,
-        out=args.out,
-        bootstrap_samples=args.bootstrap_samples,
-        seed=args.seed,
-        cluster=args.cluster,
-        ensemble=args.ensemble,
-    )
-    print(result.render_terminal())
-    print(f"global report written to {result.html_path}")
-    return 0
-
-
-def _cmd_local(args: argparse.Namespace) -> int:
-    from interp.local import run_local
-    from interp.outputs import check_report_out
-
-    check_report_out(args.out, [args.run] if args.run else [])
-
-    results = run_local(
-        run=args.run,
-        sample_ids=args.sample_id or [],
-        concept=args.concept,
-        out=args.out,
-        top=args.top,
-        feature=args.feature,
-        by=args.by,
-        random=args.random,
-        seed=args.seed,
-    )
-    for result in results:
-        print(f"{printable(result.sample_id)}: {result.html_path}")
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from interp.outputs import check_report_out
-    from interp.report import run_report
-
-    check_report_out(args.out, args.run)
-
-    path = run_report(runs=args.run or None, out=args.out)
-    print(f"report written to {path}")
-    return 0
-
-
-def _cmd_faithfulness(args: argparse.Namespace) -> int:
-    from interp.faithfulness import run_faithfulness
-
-    result = run_faithfulness(
-        args.ckpt, data=args.data, split=args.split, run=args.run, out=args.out, device=args.device,
-        batch_size=args.batch_size, repeats=args.repeats, seed=args.seed, level=args.level,
-        resamples=args.bootstrap_samples, progress=not args.quiet,
-    )
-    for check, text in result.verdicts.items():
-        print(f"{check}: {text}")
-    print(f"faithfulness written to {result.json_path} (and faithfulness_*.parquet/.csv beside it)")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from interp.demo import run_demo
-
-    _set_threads(args)
-    path = run_demo(out=args.out, quick=args.quick, device=args.device, progress=not args.quiet, force=args.force)
-    print(f"demo report: {path}")
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------- parser
 
 
@@ -326,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "chosen feature (a modality or an interaction of modalities); the planted map is saved beside it as JSON.",
     )
     synth.add_argument("--out", type=Path, default=Path("data/synth.pkl"), help="output pickle (default: %(default)s)")
-    synth.add_argument("--task", default="sentiment", choices=["sentiment", "emotion", "iemocap"])
+    synth.add_argument("--task", default=TASKS[0], choices=TASKS)
     synth.add_argument("--n-train", type=_positive_int, default=2000, help="training samples (default: %(default)s)")
     synth.add_argument("--n-valid", type=_positive_int, default=400, help="validation samples (default: %(default)s)")
     synth.add_argument("--n-test", type=_positive_int, default=600, help="test samples (default: %(default)s)")
     synth.add_argument("--seq-len", type=_positive_int, default=8, help="time steps per modality (default: %(default)s)")
     synth.add_argument("--noise", type=float, default=0.5, help="noise scale (default: %(default)s)")
     synth.add_argument("--seed", type=seed_arg, default=0)
-    synth.set_defaults(func=_cmd_data_synth)
+    synth.set_defaults(func=cli_commands.cmd_data_synth)
     inspect = data_commands.add_parser(
         "inspect",
         help="what a data file holds and what interp would refuse",
@@ -342,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(7 sentiment classes), videos and segments per video, transcripts, planted truth, and every refusal.",
     )
     inspect.add_argument("path", type=Path, help="data pickle (MulT or MMSA layout)")
-    inspect.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    inspect.add_argument("--format", default=None, choices=LAYOUTS, help=FORMAT_HELP)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    inspect.set_defaults(func=_cmd_data_inspect)
+    inspect.set_defaults(func=cli_commands.cmd_data_inspect)
 
     # train
     train = commands.add_parser(
@@ -354,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validation split (never on test). The checkpoint holds everything needed to rebuild and interpret it.",
     )
     train.add_argument("--data", type=Path, required=True, help="data pickle (MulT or MMSA layout)")
-    train.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
-    train.add_argument("--task", default="sentiment", choices=["sentiment", "emotion", "iemocap"])
-    train.add_argument("--variant", default="routing", choices=["routing", "routing1", "gam"],
+    train.add_argument("--format", default=None, choices=LAYOUTS, help=FORMAT_HELP)
+    train.add_argument("--task", default=TASKS[0], choices=TASKS)
+    train.add_argument("--variant", default=next(iter(VARIANTS)), choices=list(VARIANTS),
                        help="routing: two routing updates after the uniform start, as the paper's text describes "
                        "(default); routing1: one update, which is the authors' released configuration "
                        "(--num-routing 1 in their run script) and the paper's Routing*; gam: no routing. Concept "
@@ -366,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, default=30)
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--lr", type=lr_arg, default=None,
-                       help="Adam learning rate (default: 1e-4; 1e-5 for emotion, as in the paper)")
+                       help="Adam learning rate (default: the paper's, "
+                       + ", ".join(f"{task} {lr:g}" for task, lr in DEFAULT_LR.items()) + ")")
     train.add_argument("--patience", type=_positive_int, default=8,
                        help="stop after this many epochs without a better validation score")
     train.add_argument("--seed", type=seed_arg, default=None, help="seed of the one model (default: 0)")
@@ -389,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved training state")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
-    train.set_defaults(func=_cmd_train)
+    train.set_defaults(func=cli_commands.cmd_train)
 
     # eval
     evaluate = commands.add_parser(
@@ -401,13 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--ckpt", type=Path, default=Path("models/model.pt"))
     evaluate.add_argument("--data", type=Path, default=None, help="data pickle (default: the one recorded in the checkpoint)")
-    evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256)
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: beside the checkpoint)")
-    evaluate.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    evaluate.add_argument("--format", default=None, choices=LAYOUTS, help=FORMAT_HELP)
     evaluate.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
-    evaluate.set_defaults(func=_cmd_eval)
+    evaluate.set_defaults(func=cli_commands.cmd_eval)
 
     # extract
     extract = commands.add_parser(
@@ -426,14 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--batch-size", type=_positive_int, default=256)
     extract.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     extract.add_argument("--force", action="store_true", help="replace an existing run")
-    extract.add_argument("--amp", default=None, choices=["bf16"], help="bf16 autocast of the encoders on CUDA "
+    extract.add_argument("--amp", default=None, choices=AMP, help="bf16 autocast of the encoders on CUDA "
                          "(interpretation values are always computed in fp32)")
     extract.add_argument("--num-workers", type=workers_arg, default=0, help="DataLoader workers")
     extract.add_argument("--compile", action="store_true", help="torch.compile the model first")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
-    extract.add_argument("--format", default=None, choices=["mult", "mmsa"], help=FORMAT_HELP)
+    extract.add_argument("--format", default=None, choices=LAYOUTS, help=FORMAT_HELP)
     extract.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
-    extract.set_defaults(func=_cmd_extract)
+    extract.set_defaults(func=cli_commands.cmd_extract)
 
     # global
     global_ = commands.add_parser(
@@ -444,22 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     global_.add_argument("--run", type=Path, action="append", default=[],
                          help="run directory (repeatable; default: the most recent run)")
-    global_.add_argument("--baseline", default="uniform", choices=["uniform"], help="1/J (the paper's baseline)")
+    global_.add_argument("--baseline", default=BASELINES[0], choices=BASELINES, help="1/J (the paper's baseline)")
     global_.add_argument("--level", type=_probability, default=0.95)
-    global_.add_argument("--group", default="all", choices=["all", "label", "pred"],
+    global_.add_argument("--group", default=GROUPS[0], choices=GROUPS,
                          help="samples in each concept's column: all (paper), or those whose true/predicted label it is")
-    global_.add_argument("--interval", default="clt", choices=["clt", "t", "bootstrap"])
-    global_.add_argument("--correction", default="none", choices=["none", "holm", "bonferroni"])
+    global_.add_argument("--interval", default=INTERVALS[0], choices=INTERVALS)
+    global_.add_argument("--correction", default=CORRECTIONS[0], choices=CORRECTIONS)
     global_.add_argument("--bootstrap-samples", type=bootstrap_samples_arg, default=2000)
     global_.add_argument("--seed", type=seed_arg, default=0, help="seed of the bootstrap")
     global_.add_argument("--split", default=None, help="only samples of this split (default: all in the run)")
     global_.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
-    global_.add_argument("--cluster", default="none", choices=["none", "video"],
+    global_.add_argument("--cluster", default=CLUSTERS[0], choices=CLUSTERS,
                          help="none: intervals over samples (the paper); video: cluster-robust over the samples' videos")
     global_.add_argument("--ensemble", action="store_true",
                          help="require the runs to pool into ensembles of at least 2 seeds (same task, data and split); "
                          "runs of different seeds are pooled anyway when they match")
-    global_.set_defaults(func=_cmd_global)
+    global_.set_defaults(func=cli_commands.cmd_global)
 
     # local
     local = commands.add_parser(
@@ -471,12 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--sample-id", action="append", default=[], help="sample id (repeatable)")
     local.add_argument("--concept", default="true", help="true (label, as in the paper), pred, or a concept name")
     local.add_argument("--top", type=_positive_int, default=None, help="the K samples with the largest value of a cell")
-    local.add_argument("--feature", default=None, help="feature of the cell for --top (t, a, v, ta, av, vt, tav)")
-    local.add_argument("--by", default="pr", choices=["pr", "contribution"], help="value ranked by --top")
+    local.add_argument("--feature", default=None, help=f"feature of the cell for --top ({', '.join(FEATURES)})")
+    local.add_argument("--by", default=RANK_BY[0], choices=RANK_BY, help="value ranked by --top")
     local.add_argument("--random", type=_positive_int, default=None, help="K samples drawn at random")
     local.add_argument("--seed", type=seed_arg, default=0)
     local.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/local/)")
-    local.set_defaults(func=_cmd_local)
+    local.set_defaults(func=cli_commands.cmd_local)
 
     # report
     report = commands.add_parser(
@@ -488,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run", type=Path, action="append", default=[],
                         help="run directory (repeatable; default: the most recent run)")
     report.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<run>/)")
-    report.set_defaults(func=_cmd_report)
+    report.set_defaults(func=cli_commands.cmd_report)
 
     # faithfulness
     faith = commands.add_parser(
@@ -513,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--batch-size", type=_positive_int, default=64)
     faith.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     faith.add_argument("--quiet", action="store_true", help="no progress bar")
-    faith.set_defaults(func=_cmd_faithfulness)
+    faith.set_defaults(func=cli_commands.cmd_faithfulness)
 
     # demo
     demo = commands.add_parser(
@@ -529,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     demo.add_argument("--force", action="store_true",
                       help="write into a folder that is neither empty nor made by an earlier demo (its files may be replaced)")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=cli_commands.cmd_demo)
     return parser
 
 
@@ -545,16 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
     """Warnings of the library as one line on stderr (e.g. non-finite values replaced by 0)."""
-    from interp.errors import DataWarning
-
     if issubclass(category, (DataWarning, UserWarning)):
         print(f"interp: warning: {one_line(message)}", file=sys.stderr)
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; user-facing errors become one line and exit code 2."""
-    from interp.errors import InterpError
-
     try:
         return func(args)
     except InterpError as error:

@@ -5,75 +5,32 @@ Layout (DESIGN.md, "Data")::
     {split: {"text": (N, T_t, d_t), "audio": (N, T_a, d_a), "vision": (N, T_v, d_v),
              "labels": (N, ...), "id": (N,) or (N, k), ["transcript": (N,)]}}   for split in train / valid / test
 
-The pickle is read with a restricted unpickler that admits numpy's array reconstruction and plain containers
-only; anything else (``os.system``, ``builtins.eval``, any class) is refused before it can run. Non-finite values
+The pickle is read with a restricted unpickler (:mod:`interp.pickles`) that admits numpy's array reconstruction
+and plain containers only; anything else (``os.system``, ``builtins.eval``, any class) is refused before it can run. Non-finite values
 (-inf, +inf, NaN) in the modality arrays are replaced by 0 and counted per ``"split/modality"``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import warnings
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from interp.errors import DataError, DataWarning
-from interp.mmsa import LAYOUTS, SplitExtras, detect_layout, mmsa_to_mult
+from interp.mmsa import SplitExtras, detect_layout, mmsa_to_mult
 from interp.padding import stack_lengths
+from interp.pickles import check_file, safe_load_pickle, sha256_file
 from interp.guard import check_nesting, check_planted_info, clean_text, read_json
-from interp.schema import MODALITIES, TASK_CONCEPTS, concept_names
+from interp.schema import LAYOUTS, MODALITIES, SPLITS
+from interp.targets import squeeze_sample_axes
 
-#: Split names in their canonical order.
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 #: Other names some pickles use for the validation split.
 _VALID_ALIASES: tuple[str, ...] = ("dev", "val", "validation")
-#: Sentiment labels may exceed [-3, 3] by this much (float rounding) before they are refused.
-SENTIMENT_TOLERANCE = 1e-4
 #: Suffix of the planted-truth map written beside synthetic data: ``<stem>.planted.json``.
 PLANTED_SUFFIX = ".planted.json"
-
-# (module, name) pairs the unpickler admits: numpy array / dtype / scalar reconstruction (numpy 1.x names under
-# numpy.core, numpy 2.x under numpy._core), bytes as written by protocol 2 (_codecs.encode), and plain containers.
-_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-        ("collections", "OrderedDict"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "bytearray"),
-        ("builtins", "complex"),
-    }
-)
-
-# Errors that a truncated, corrupt or foreign file raises while it is unpickled.
-_UNPICKLE_ERRORS: tuple[type[BaseException], ...] = (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    IndexError,
-    KeyError,
-    ImportError,
-    OverflowError,
-    UnicodeError,
-    struct.error,
-    RecursionError,
-)
-
 
 @dataclass
 class Split:
@@ -128,7 +85,7 @@ class Dataset:
     order train, valid, test; ``nonfinite``: count of replaced non-finite values per ``"split/modality"`` and in
     ``"total"``; ``planted``: the planted ``{concept: feature}`` map read from ``<stem>.planted.json`` beside the
     data (synthetic data), else None; ``planted_info``: that whole JSON document, else None; ``layout``: ``mult``
-    or ``mmsa`` (:data:`interp.mmsa.LAYOUTS`).
+    or ``mmsa`` (:data:`interp.schema.LAYOUTS`).
     """
 
     path: Path
@@ -140,98 +97,6 @@ class Dataset:
     layout: str = "mult"
 
 
-# ------------------------------------------------------------------------------------------------ unpickling
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds numpy arrays and plain containers and refuses every other global.
-
-    Refusal happens in :meth:`find_class`, before the named callable could be called, so nothing runs.
-    ``source`` names the file in messages. Python 2 strings are decoded as latin-1 (numpy's advice).
-    """
-
-    def __init__(self, file: IO[bytes], source: str = "the pickle") -> None:
-        super().__init__(file, encoding="latin1")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - see class docstring
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise DataError(_refusal_message(self.source, module, name))
-        if module.startswith("numpy.core.") and _has_numpy_core_private():
-            module = "numpy._core." + module[len("numpy.core."):]
-        return super().find_class(module, name)
-
-
-def _has_numpy_core_private() -> bool:
-    """True on numpy >= 2, where numpy.core is a deprecated alias of numpy._core."""
-    try:
-        import numpy._core.multiarray  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _refusal_message(source: object, module: str, name: str) -> str:
-    """One-line refusal naming the global (``posix.system`` is shown as ``os.system``)."""
-    named = f"{module}.{name}"
-    if module in ("posix", "nt"):
-        named = f"os.{name} ({module}.{name})"
-    return (
-        f"interp refuses to load {source}: it names {named}, which is not a numpy array or plain container; "
-        "nothing in it was run. Only pickles of dicts of numpy arrays (the MulT layout) are accepted: "
-        "re-save the data as plain numpy arrays"
-    )
-
-
-def safe_load_pickle(path: Path | str) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler`; every failure is a one-line :class:`DataError`."""
-    path = Path(path)
-    _check_file(path)
-    try:
-        with path.open("rb") as handle:
-            return RestrictedUnpickler(handle, source=str(path)).load()
-    except DataError:
-        raise
-    except MemoryError:
-        # a corrupt header can announce a frame of absurd size: tell that apart from a genuinely large file
-        if path.stat().st_size < (1 << 30):
-            raise DataError(
-                f"cannot read {path}: it is not a valid data pickle (it asks for more memory than its own size); "
-                "the file may be truncated or corrupt: re-download it or regenerate it (e.g. `interp data synth`)"
-            ) from None
-        raise DataError(f"not enough memory to load {path}; free memory or use a smaller data file") from None
-    except _UNPICKLE_ERRORS as error:
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise DataError(
-            f"cannot read {path}: it is not a complete data pickle ({type(error).__name__}: {detail}); "
-            "the file may be truncated or corrupt: re-download it or regenerate it (e.g. `interp data synth`)"
-        ) from None
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def _check_file(path: Path) -> None:
-    """Raise DataError unless ``path`` is an existing regular file."""
-    if not path.exists():
-        raise DataError(
-            f"data file {path} does not exist; pass --data PATH to a MulT pickle "
-            "or create one with `interp data synth --out PATH`"
-        )
-    if not path.is_file():
-        raise DataError(f"data path {path} is not a file; pass --data PATH to a MulT pickle")
-
-
-def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks of ``chunk_size`` bytes."""
-    path = Path(path)
-    _check_file(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------- loading
 
 
@@ -241,7 +106,7 @@ def load_dataset(path: Path | str, format: str | None = None) -> Dataset:
     ``format``: ``mult`` (see the module docstring) or ``mmsa`` (:mod:`interp.mmsa`); None detects it from the keys.
     """
     path = Path(path).expanduser()
-    _check_file(path)
+    check_file(path)
     path = path.resolve()
     if format is not None and format not in LAYOUTS:
         raise DataError(f"unknown data format {format!r}; choose {' or '.join(LAYOUTS)} (or leave it out to detect it)")
@@ -375,7 +240,7 @@ def _label_array(split: str, value: Any) -> np.ndarray:
         raise DataError(f"{split}/labels is not a numeric array ({' '.join(str(error).split())[:120]})") from None
     if labels.ndim == 0:
         raise DataError(f"{split}/labels is a single number; expected one label per sample, shape (N, ...)")
-    labels = _squeeze_sample_axes(labels)
+    labels = squeeze_sample_axes(labels)
     bad = int((~np.isfinite(labels)).sum())
     if bad:
         raise DataError(f"{split}/labels has {bad} non-finite values (NaN or inf); fix or drop those samples")
@@ -391,11 +256,6 @@ def _refuse_complex(where: str, value: Any) -> None:
         return  # not array-like: the conversion below says so
     if complex_values:
         raise DataError(f"{where} holds complex numbers; features and labels must be real numbers")
-
-
-def _squeeze_sample_axes(array: np.ndarray) -> np.ndarray:
-    """Drop singleton axes except the first (the sample axis), so N = 1 keeps its axis."""
-    return array.reshape((array.shape[0],) + tuple(size for size in array.shape[1:] if size != 1))
 
 
 def _to_text(value: Any) -> str:
@@ -553,74 +413,3 @@ def input_dims(split: Split) -> tuple[int, int, int]:
 def seq_lens(split: Split) -> tuple[int, int, int]:
     """Sequence lengths (T_text, T_audio, T_vision) of a split."""
     return (int(split.text.shape[1]), int(split.audio.shape[1]), int(split.vision.shape[1]))
-
-
-# --------------------------------------------------------------------------------------------------- targets
-
-
-def targets(labels: np.ndarray, task: str) -> np.ndarray:
-    """Training targets from raw labels.
-
-    - ``sentiment``: labels (N,), (N, 1) or (N, 1, 1) in [-3, 3] -> int64 class index (N,) in 0..6,
-      ``clip(round(y), -3, 3) + 3``. ``np.round`` rounds halves to even (0.5 -> 0, 1.5 -> 2, -2.5 -> -2),
-      exactly as MulT does, so our classes match its Acc7.
-    - ``emotion``: scores (N, 6) or (N, 1, 6) -> float32 (N, 6) 0/1, ``score > 0``.
-    - ``iemocap``: (N, 4) 0/1 scores -> float32 (N, 4), ``score > 0``; or MulT's (N, 4, 2) one-hot per emotion
-      -> positive where the argmax over the last axis is 1.
-    """
-    concepts = concept_names(task)
-    array = np.asarray(labels, dtype=np.float64)
-    if array.ndim == 0:
-        raise DataError("labels are a single number; expected one label per sample")
-    array = _squeeze_sample_axes(array)
-    if not np.isfinite(array).all():
-        raise DataError("labels contain NaN or inf; fix or drop those samples")
-    if task == "sentiment":
-        return _sentiment_targets(array)
-    if task == "iemocap" and array.ndim == 3 and array.shape[1:] == (len(concepts), 2):
-        return (np.argmax(array, axis=-1) == 1).astype(np.float32)
-    if array.ndim != 2 or array.shape[1] != len(concepts):
-        raise DataError(
-            f"data labels have shape {_shape(labels)} but task {task} needs {len(concepts)} emotion scores "
-            f"({', '.join(concepts)}) per sample; {_task_hint(array)}"
-        )
-    if task == "emotion" and array.size and array.min() < -SENTIMENT_TOLERANCE:
-        raise DataError(
-            f"emotion scores are intensities >= 0 (0 = absent) but reach {array.min():g}; "
-            "check that the data file is the one you meant"
-        )
-    return (array > 0).astype(np.float32)
-
-
-def _sentiment_targets(array: np.ndarray) -> np.ndarray:
-    """int64 (N,) classes 0..6 from squeezed float64 scores; see :func:`targets`."""
-    if array.ndim != 1:
-        raise DataError(
-            f"data labels have shape {_shape(array)} but task sentiment needs one score in [-3, 3] per sample; "
-            f"{_task_hint(array)}"
-        )
-    worst = float(np.abs(array).max())
-    if worst > 3.0 + SENTIMENT_TOLERANCE:
-        raise DataError(
-            f"sentiment labels must lie in [-3, 3] but reach {worst:g}; rescale them or pass the right --task"
-        )
-    return (np.clip(np.round(array), -3, 3) + 3).astype(np.int64)
-
-
-def _shape(array: np.ndarray) -> str:
-    """Shape as text, e.g. ``(N=5, 6)``."""
-    shape = np.shape(array)
-    return "(" + ", ".join([f"N={shape[0]}", *map(str, shape[1:])]) + ")" if shape else "()"
-
-
-def _task_hint(array: np.ndarray) -> str:
-    """Which --task fits labels of this (squeezed) shape."""
-    tail = array.shape[1:]
-    for task, concepts in TASK_CONCEPTS.items():
-        if task == "sentiment" and tail == ():
-            return "pass --task sentiment"
-        if task != "sentiment" and tail in ((len(concepts),), (len(concepts), 2)):
-            if task == "emotion" and tail == (len(concepts), 2):
-                continue
-            return f"pass --task {task}"
-    return "check that the data file is the one you meant"

@@ -24,12 +24,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from interp.data import Dataset, Split, load_dataset, read_planted, safe_load_pickle, targets
+from interp.data import Dataset, Split, load_dataset, read_planted
+from interp.pickles import safe_load_pickle
 from interp.errors import DataError
 from interp.metrics import sentiment_classes
 from interp.mmsa import detect_layout, split_id
 from interp.padding import length_summary, zero_run
 from interp.schema import MODALITIES, TASK_CONCEPTS
+from interp.targets import targets
 
 #: Sentiment scores of the 7 classes, in order.
 CLASS_SCORES: tuple[int, ...] = (-3, -2, -1, 0, 1, 2, 3)

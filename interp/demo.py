@@ -35,6 +35,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.devices import threads as torch_threads
+from interp.extract_many import extract_many
+from interp.faithfulness import run_faithfulness
+from interp.global_report import run_global
+from interp.outputs import DEMO_MARKER, check_demo_folder
+from interp.report import run_report
+from interp.runs import atomic_write_text
+from interp.seeds import train_seeds
+from interp.synth import write_synthetic
+
 REPORT_NAME = "synth"
 STEPS = 6
 
@@ -103,31 +113,13 @@ def run_demo(
     ``out`` must be new, empty, or a folder an earlier demo made (it holds :data:`interp.outputs.DEMO_MARKER`):
     the demo replaces its own files there. ``force`` writes into any folder.
     """
-    import torch
-
-    from interp.outputs import DEMO_MARKER, check_demo_folder
-    from interp.runs import atomic_write_text
-    from interp.train import resolve_device
-
     check_demo_folder(out, force)
     atomic_write_text(Path(out) / DEMO_MARKER, "written by `interp demo`: it may replace the files in this folder\n")
-    previous = torch.get_num_threads()
-    if threads is not None and resolve_device(device).type == "cpu":
-        torch.set_num_threads(max(1, int(threads)))
-    try:
+    with torch_threads(threads, device):
         return _run_demo(Path(out), quick, device, progress)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_demo(out: Path, quick: bool, device: str, progress: bool) -> Path:
-    from interp.extract_many import extract_many
-    from interp.faithfulness import run_faithfulness
-    from interp.global_report import run_global
-    from interp.report import run_report
-    from interp.seeds import train_seeds
-    from interp.synth import write_synthetic
-
     settings = demo_settings(quick)
     started = time.perf_counter()
     step_started = started

@@ -35,13 +35,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from interp.data import Dataset, Split, get_split, input_dims, load_dataset, targets
+from interp.checkpoint import cpu_state, save_checkpoint
+from interp.data import Dataset, Split, get_split, input_dims, load_dataset
+from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.metrics import HEADLINE, task_metrics
 from interp.model import ModelConfig, RoutingModel
 from interp.progress import progress_bar
-from interp.schema import SINGLE_LABEL_TASKS, VARIANTS, concept_names
-from interp.train import DEFAULT_LR, TrainResult, _cpu_state, _save, loss_function, resolve_device, split_tensors
+from interp.schema import DEFAULT_LR, SINGLE_LABEL_TASKS, VARIANTS, concept_names
+from interp.targets import targets
+from interp.train import TrainResult, loss_function, split_tensors
 
 __all__ = ["train_vectorised"]
 
@@ -174,12 +177,12 @@ def train_vectorised(
             shell.load(params, optimizer, names, position)
             if valid_loss < state.best["loss"]:
                 state.best = {"loss": valid_loss, "epoch": epoch, "metrics": valid_metrics,
-                              "state_dict": _cpu_state(shell.model)}
+                              "state_dict": cpu_state(shell.model)}
                 state.stale = 0
             else:
                 state.stale += 1
             state.epochs_run = epoch
-            _save(outs[k], shell.model, shell.optimizer, config, settings[k], dataset, state.best, state.stale,
+            save_checkpoint(outs[k], shell.model, shell.optimizer, config, settings[k], dataset, state.best, state.stale,
                   state.history, epoch)
         if progress:
             print(f"epoch {epoch}: " + ", ".join(
@@ -295,7 +298,7 @@ def _predict(
     eval_logits: Any, base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], split: Split,
     device: torch.device, batch_size: int = 256,
 ) -> np.ndarray:
-    """Logits ``(K, N, J)`` of every seed on a split, in eval mode (as ``interp.train.predict_logits``)."""
+    """Logits ``(K, N, J)`` of every seed on a split, in eval mode (as :func:`interp.inference.predict_logits`)."""
     base.eval()
     detached = {n: p.detach() for n, p in params.items()}
     outputs = []

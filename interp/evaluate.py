@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp.data import get_split, load_dataset, targets
+from interp.data import get_split, load_dataset
 from interp.outputs import check_not_input, check_replaceable_file
 from interp.metrics import task_metrics
 from interp.runs import atomic_write_text
-from interp.train import (
-    check_compatible, load_checkpoint, masks_padding, predict_logits, resolve_data_path, resolve_device,
-)
+from interp.checkpoint import check_compatible, load_checkpoint, masks_padding, resolve_data_path
+from interp.devices import resolve_device
+from interp.inference import predict_logits
+from interp.targets import targets
 
 #: Display names of the metrics, in table order.
 METRIC_LABELS = {

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from interp.errors import CheckpointError, InterpError
-from interp.extract import default_run_dir, extract
+from interp.extract import extract
+from interp.extraction import default_run_dir
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.outputs import check_not_input
 from interp.runwriter import check_target

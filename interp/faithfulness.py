@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import time
@@ -38,9 +39,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.errors import InterpError, RunError
-from interp.extract import select_source
+from interp.extraction import select_source
 from interp.faithfulness_stats import (
     FAITHFULNESS_FILE,
     ORDERS,
@@ -57,15 +58,10 @@ from interp.model import RoutingModel, route
 from interp.progress import progress_bar
 from interp.runs import atomic_write_bytes, atomic_write_text, open_run, resolve_run, samples_files
 from interp.schema import FEATURES, SINGLE_LABEL_TASKS, logit_column
-from interp.train import (
-    LoadedModel,
-    check_compatible,
-    load_checkpoint,
-    masks_padding,
-    resolve_data_path,
-    resolve_device,
-    split_lengths,
-)
+from interp.checkpoint import LoadedModel, check_compatible, load_checkpoint, masks_padding, resolve_data_path
+from interp.devices import resolve_device
+from interp.inference import split_lengths
+from interp.targets import targets
 
 FORMAT = "interp-faithfulness"
 N_FEATURES = len(FEATURES)
@@ -178,7 +174,7 @@ class FaithfulnessResult:
 
 def _batch_inputs(part: Any, rows: slice, device: torch.device, mask_padding: bool) -> list[Any]:
     """The encoder inputs of rows of a split: ``[text (B,T_t,d_t), audio, vision, lengths (B,3) | None, padding]``
-    on ``device`` (lengths only when the checkpoint was trained with padding masked, as ``train.predict_logits``).
+    on ``device`` (lengths only when the checkpoint was trained with padding masked, as :func:`interp.inference.predict_logits`).
 
     Every encoder call of this module takes ``model.features(*inputs)``.
     """
@@ -320,8 +316,6 @@ _INTERVAL_KEYS = ("estimate", "low", "high", "std", "n", "kind", "method", "leve
 
 def write_outputs(result: FaithfulnessResult, out_dir: Path | str) -> Path:
     """Write faithfulness.json and ``faithfulness_<table>.parquet`` / ``.csv`` atomically; returns the JSON path."""
-    import io
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in result.tables.items():

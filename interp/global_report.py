@@ -39,23 +39,8 @@ from interp.html import template_environment
 from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, resolve_runs
 from interp.ensemble import plan_pooling, pool_seeds, require_ensembles
 from interp.stats import JUDGED, QUANTITIES, GlobalStats, StatsOptions, compute_global_stats
-from interp.tables import (
-    LEGEND_PLAIN,
-    QUANTITY_NAMES,
-    QUANTITY_SYMBOLS,
-    TableSpec,
-    format_interval,
-    header_label,
-    units_text,
-    layout_tables,
-    methods_paragraph,
-    render_terminal,
-    single_spec,
-    to_csv,
-    to_json,
-    to_latex,
-    to_markdown,
-)
+from interp.stats_outputs import methods_paragraph, render_terminal, summary_text, to_csv, to_json
+from interp.tables import LEGEND_PLAIN, QUANTITY_SYMBOLS, IntervalTable, layout_tables, units_text
 
 TEMPLATE = "global.html"
 
@@ -85,7 +70,7 @@ class GlobalReport:
 
     def summary(self) -> str:
         """Plain-text summary of each run."""
-        return "\n\n".join(stats.summary() for stats in self.results)
+        return "\n\n".join(summary_text(stats) for stats in self.results)
 
 
 def run_global(
@@ -153,15 +138,16 @@ def write_global_outputs(results: Sequence[GlobalStats], out_dir: Path | str, he
         files[f"{prefix}json"] = _write(folder / "global.json", to_json(stats))
         files[f"{prefix}cells.csv"] = _write(folder / "global_cells.csv", to_csv(stats))
         for quantity in QUANTITIES:
-            spec = single_spec(stats, quantity)
-            files[f"{prefix}{quantity}.csv"] = _write(folder / f"global_{quantity}.csv", to_csv(stats, quantity))
+            table = IntervalTable.from_stats(stats, quantity)
+            files[f"{prefix}{quantity}.csv"] = _write(folder / f"global_{quantity}.csv", table.as_csv())
             files[f"{prefix}{quantity}.json"] = _write(folder / f"global_{quantity}.json", to_json(stats, quantity))
-            files[f"{prefix}{quantity}.md"] = _write(folder / f"global_{quantity}.md", to_markdown(spec))
-            files[f"{prefix}{quantity}.tex"] = _write(folder / f"global_{quantity}.tex", to_latex(spec))
+            files[f"{prefix}{quantity}.md"] = _write(folder / f"global_{quantity}.md", table.as_markdown())
+            files[f"{prefix}{quantity}.tex"] = _write(folder / f"global_{quantity}.tex", table.as_latex())
     for spec in layout_tables(results):
         if spec.number is not None:
-            files[f"{spec.key}.md"] = _write(out_dir / f"{spec.key}.md", to_markdown(spec))
-            files[f"{spec.key}.tex"] = _write(out_dir / f"{spec.key}.tex", to_latex(spec))
+            table = IntervalTable.from_spec(spec)
+            files[f"{spec.key}.md"] = _write(out_dir / f"{spec.key}.md", table.as_markdown())
+            files[f"{spec.key}.tex"] = _write(out_dir / f"{spec.key}.tex", table.as_latex())
     files["html"] = _write(out_dir / "global.html", render_global_page(results, heatmaps=heatmaps, notes=notes))
     return files
 
@@ -188,88 +174,6 @@ def _write(path: Path, text: str) -> Path:
 
 def _environment() -> Any:
     return template_environment(strict=False)
-
-
-def _number(value: Any) -> str:
-    """Full-precision text of a number for data attributes (``nan`` when missing)."""
-    value = float(value)
-    return repr(value) if np.isfinite(value) else "nan"
-
-
-def _cell_view(stats: GlobalStats, quantity: str, row: Any) -> dict[str, Any]:
-    text = format_interval(row.low, row.high, int(row.n))
-    classes = ["cell"]
-    if row.bold:
-        classes.append("bold")
-    if row.significant:
-        classes.append(f"sig-{row.significant}")
-    if int(row.n) < 2:
-        classes.append("no-interval")
-    p_text = "" if not np.isfinite(row.p_adjusted) else f", p = {row.p_adjusted:.3g}"
-    seeds = stats.kind == "seeds"
-    if seeds:
-        p_text += (f"; prediction interval for a new seed ({row.pi_low:.3f}, {row.pi_high:.3f}); bold in "
-                   f"{int(row.bold_seeds)} of {stats.units} seeds; single-seed verdict agrees in {int(row.agree_seeds)}")
-    std_text = "undefined" if not np.isfinite(row.std) else f"{row.std:.4f}"
-    mean_text = "—" if not np.isfinite(row.mean) else f"{row.mean:.4f}"
-    return {
-        "text": text,
-        "bold": bool(row.bold),
-        "mark": "" if row.bold else {"above": "+", "below": "−"}.get(row.significant, ""),
-        "classes": " ".join(classes),
-        "run": stats.name,
-        "task": stats.task,
-        "quantity": quantity,
-        "feature": row.feature,
-        "concept": row.concept,
-        "mean": _number(row.mean),
-        "std": _number(row.std),
-        "n": int(row.n),
-        "low": _number(row.low),
-        "high": _number(row.high),
-        "p_value": _number(row.p_value),
-        "p_adjusted": _number(row.p_adjusted),
-        "significant": row.significant,
-        "kind": row.kind,
-        "units": int(row.units),
-        "seeds": (f"bold {int(row.bold_seeds)}/{stats.units} · agree {int(row.agree_seeds)}/{stats.units}"
-                  if seeds and quantity in JUDGED else ""),
-        "pi_low": _number(row.pi_low) if seeds else "",
-        "pi_high": _number(row.pi_high) if seeds else "",
-        "title": f"{row.feature} → {row.concept}: mean {mean_text}, sd {std_text}, {row.kind} {int(row.units)}{p_text}",
-    }
-
-
-def _table_view(spec: TableSpec) -> dict[str, Any]:
-    several = len(spec.parts) > 1
-    groups = [
-        {"label": stats.task if several else "", "columns": list(stats.columns(spec.quantity)),
-         "span": len(stats.columns(spec.quantity))}
-        for stats in spec.parts
-    ]
-    by_part = []
-    for stats in spec.parts:
-        frame = stats.quantity_cells(spec.quantity)
-        by_part.append((stats, {(r.feature, r.concept): r for r in frame.itertuples(index=False)}))
-    rows = []
-    for feature in spec.parts[0].features:
-        cells = [
-            _cell_view(stats, spec.quantity, cells_of[(feature, column)])
-            for stats, cells_of in by_part
-            for column in stats.columns(spec.quantity)
-        ]
-        rows.append({"feature": feature, "cells": cells})
-    return {
-        "id": f"global-{spec.key}",
-        "number": spec.number,
-        "quantity": spec.quantity,
-        "name": QUANTITY_NAMES[spec.quantity],
-        "title": spec.title,
-        "groups": groups,
-        "grouped": several,
-        "header": header_label(spec.parts[0]),
-        "rows": rows,
-    }
 
 
 def heatmap_png(stats: GlobalStats, dpi: int = 110) -> bytes:
@@ -333,7 +237,7 @@ def section_view(results: Sequence[GlobalStats], heatmaps: bool = True, notes: S
                             f"colour bar), outlined cells bold; p̄ in grey (an activation: no baseline)."),
             })
     return {
-        "tables": [_table_view(spec) for spec in layout_tables(results)],
+        "tables": [IntervalTable.from_spec(spec).as_html() for spec in layout_tables(results)],
         "heatmaps": figures,
         "methods": [methods_paragraph(stats) for stats in results],
         "warnings": [w for stats in results for w in stats.warnings],

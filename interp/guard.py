@@ -7,7 +7,8 @@ One place declares what is accepted, so the rest of the code can trust what it i
   JSON files, seeds that every RNG in use accepts, learning rates Adam can use, bootstrap resamples, routing
   iterations, model widths, and, for everything that allocates in proportion to a number the user gives (synthetic
   data, model parameters), the machine's memory (:func:`machine_memory`).
-* **Schemas** of the files interp reads back: :func:`check_checkpoint`, :func:`check_meta`, :func:`check_planted`;
+* **Schemas** of the files interp reads back: :func:`check_meta`, :func:`check_planted` (checkpoints:
+  :func:`interp.checkpoint.check_checkpoint`, with torch);
   :func:`read_json` reads a JSON file with a size and nesting limit, strictly as UTF-8.
 * **Outputs** are guarded in :mod:`interp.outputs` (an output is never an input; ``--force`` replaces only a run).
 * **Text**: :func:`one_line` and :func:`printable` (messages are one line; control characters are shown escaped),
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from interp.errors import CheckpointError, DataError, InterpError, RunError
+from interp.errors import DataError, InterpError, RunError
 from interp.schema import FEATURES, TASK_CONCEPTS
 
 # ----------------------------------------------------------------------------------------------- declared limits
@@ -266,11 +267,11 @@ def read_json(path: Path, error: type[InterpError], hint: str) -> Any:
 # ------------------------------------------------------------------------------------------------------ schemas
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -278,17 +279,17 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _names(value: Any, where: str, field: str, error: type[InterpError]) -> list[str]:
+def check_names(value: Any, where: str, field: str, error: type[InterpError]) -> list[str]:
     """A non-empty list of distinct non-empty strings."""
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise error(f"{where}: {field} must be a non-empty list of names, got {printable(_short(value))}")
+        raise error(f"{where}: {field} must be a non-empty list of names, got {printable(short_repr(value))}")
     if len(set(value)) != len(value):
         repeated = sorted({v for v in value if value.count(v) > 1})
         raise error(f"{where}: {field} has {', '.join(map(printable, repeated))} more than once; names must be distinct")
     return value
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value) if not isinstance(value, (dict, list)) else f"a {_kind(value)} of {len(value)}"
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -298,10 +299,10 @@ def check_planted(value: Any, where: str, error: type[InterpError] = DataError,
     """A planted map ``{concept: feature}``: string keys, features of :data:`interp.schema.FEATURES`, and, when
     ``concepts`` is given, only those concepts."""
     if not isinstance(value, dict) or not value:
-        raise error(f"{where}: the planted map must be a non-empty {{concept: feature}} object, got {_short(value)}")
+        raise error(f"{where}: the planted map must be a non-empty {{concept: feature}} object, got {short_repr(value)}")
     for concept, feature in value.items():
         if not isinstance(concept, str) or not isinstance(feature, str) or feature not in FEATURES:
-            raise error(f"{where}: planted {printable(_short(concept))}: {printable(_short(feature))} is not a "
+            raise error(f"{where}: planted {printable(short_repr(concept))}: {printable(short_repr(feature))} is not a "
                         f"concept name and one of the features {', '.join(FEATURES)}")
     if concepts is not None:
         unknown = sorted(set(value) - set(concepts))
@@ -318,12 +319,12 @@ def check_planted_info(info: Any, where: str) -> dict[str, Any]:
         raise DataError(f"{where} holds a JSON {_kind(info)}, not an object with a 'planted' map; {hint}")
     task = info.get("task")
     if task is not None and task not in TASK_CONCEPTS:
-        raise DataError(f"{where}: unknown task {printable(_short(task))}; {hint}")
+        raise DataError(f"{where}: unknown task {printable(short_repr(task))}; {hint}")
     if "planted" not in info:
         raise DataError(f"{where} has no {{concept: feature}} map under 'planted'; {hint}")
     check_planted(info["planted"], where, DataError, TASK_CONCEPTS[task] if task is not None else None)
     if "data_sha256" in info and not isinstance(info["data_sha256"], str):
-        raise DataError(f"{where}: data_sha256 must be a string, got {_short(info['data_sha256'])}; {hint}")
+        raise DataError(f"{where}: data_sha256 must be a string, got {short_repr(info['data_sha256'])}; {hint}")
     return info
 
 
@@ -332,8 +333,8 @@ _META_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "task": (True, lambda v: isinstance(v, str) and v != "", "a task name"),
     "concepts": (True, lambda v: isinstance(v, list), "a list of concept names"),
     "features": (True, lambda v: v == list(FEATURES), f"the features {list(FEATURES)}"),
-    "J": (True, _is_int, "a whole number"),
-    "n": (True, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "J": (True, is_int, "a whole number"),
+    "n": (True, lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
     "variant": (False, lambda v: v is None or isinstance(v, str), "a string"),
     "split": (False, lambda v: isinstance(v, str), "a string"),
     "checkpoint": (False, lambda v: v is None or isinstance(v, str), "a string"),
@@ -342,22 +343,24 @@ _META_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "data_sha256": (False, lambda v: v is None or isinstance(v, str), "a string"),
     "created": (False, lambda v: v is None or isinstance(v, str), "a string"),
     "amp": (False, lambda v: v is None or isinstance(v, str), "a string or null"),
-    "batch_size": (False, lambda v: v is None or _is_int(v), "a whole number"),
+    "batch_size": (False, lambda v: v is None or is_int(v), "a whole number"),
     "model_config": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "train": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "versions": (False, lambda v: v is None or isinstance(v, dict), "an object"),
-    "nonfinite": (False, lambda v: v is None or (isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+    "nonfinite": (False, lambda v: v is None or (isinstance(v, dict) and all(is_number(x) for x in v.values())),
                   "an object of counts"),
     "seq_lens": (False, lambda v: v is None or isinstance(v, dict), "an object"),
     "shards": (False, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of file names"),
     "samples": (False, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of file names"),
-    "world_size": (False, lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
-    "shard_sizes": (False, lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v),
+    "world_size": (False, lambda v: is_int(v) and v >= 1, "a whole number >= 1"),
+    "shard_sizes": (False, lambda v: isinstance(v, list) and all(is_int(x) and x >= 0 for x in v),
                     "a list of counts"),
 }
 #: Fields of meta.json's "train" object that the report formats as numbers.
-_TRAIN_NUMBERS = ("lr", "valid_loss", "best_epoch", "epochs", "epochs_run", "batch_size", "patience", "seed",
-                  "grad_clip")
+
+#: Numbers of a checkpoint's (and a run's) "train" record.
+TRAIN_NUMBERS = ("lr", "valid_loss", "best_epoch", "epochs", "epochs_run", "batch_size", "patience", "seed",
+                 "grad_clip")
 
 
 def check_meta(meta: Any, path: Path | str) -> dict[str, Any]:
@@ -370,110 +373,31 @@ def check_meta(meta: Any, path: Path | str) -> dict[str, Any]:
         raise RunError(f"{path} lacks {', '.join(missing)}; {hint}")
     for key, (_, check, kind) in _META_FIELDS.items():
         if key in meta and not check(meta[key]):
-            raise RunError(f"{path}: {key} must be {kind}, got {printable(_short(meta[key]))}; {hint}")
-    concepts = _names(meta["concepts"], str(path), "concepts", RunError)
+            raise RunError(f"{path}: {key} must be {kind}, got {printable(short_repr(meta[key]))}; {hint}")
+    concepts = check_names(meta["concepts"], str(path), "concepts", RunError)
     if meta["J"] != len(concepts) or not 2 <= len(concepts) <= MAX_CONCEPTS:
         raise RunError(f"{path} is inconsistent (J = {meta['J']} but {len(concepts)} concepts); {hint}")
     if meta.get("planted") is not None:
         check_planted(meta["planted"], str(path), RunError, concepts)
     train = meta.get("train") or {}
-    for key in _TRAIN_NUMBERS:
-        if train.get(key) is not None and not _is_number(train[key]):
-            raise RunError(f"{path}: train.{key} must be a number, got {printable(_short(train[key]))}; {hint}")
+    for key in TRAIN_NUMBERS:
+        if train.get(key) is not None and not is_number(train[key]):
+            raise RunError(f"{path}: train.{key} must be a number, got {printable(short_repr(train[key]))}; {hint}")
     metrics = train.get("valid_metrics")
-    if metrics is not None and not (isinstance(metrics, dict) and all(_is_number(v) for v in metrics.values())):
+    if metrics is not None and not (isinstance(metrics, dict) and all(is_number(v) for v in metrics.values())):
         raise RunError(f"{path}: train.valid_metrics must be an object of numbers; {hint}")
     for key in ("shards", "samples"):
         for name in meta.get(key) or []:
             if "/" in name or "\\" in name or name in ("", ".", ".."):
-                raise RunError(f"{path}: {key} names {printable(_short(name))}, not a file of the run folder; {hint}")
+                raise RunError(f"{path}: {key} names {printable(short_repr(name))}, not a file of the run folder; {hint}")
     return meta
-
-
-def check_checkpoint(checkpoint: Mapping[str, Any], path: Path | str) -> None:
-    """A checkpoint's entries have the types :func:`interp.train.train` writes (its version is one this interp
-    reads, the concept names are distinct, the weights are tensors)."""
-    import torch  # heavy; only callers that read checkpoints have it loaded already
-
-    hint = "train it again with `interp train`"
-    version = checkpoint.get("version")
-    if not _is_int(version) or version not in CHECKPOINT_VERSIONS:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {printable(_short(version))}, but this interp reads version(s) "
-            f"{', '.join(map(str, CHECKPOINT_VERSIONS))}; use the interp that wrote it, or {hint}")
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise CheckpointError(f"checkpoint {path}: state_dict must map parameter names to tensors, got "
-                              f"{_short(state)}; {hint}")
-    if not isinstance(checkpoint.get("config"), dict):
-        raise CheckpointError(f"checkpoint {path}: config must be an object, got {_short(checkpoint.get('config'))}")
-    task = checkpoint.get("task")
-    if task not in TASK_CONCEPTS:
-        raise CheckpointError(f"checkpoint {path}: unknown task {printable(_short(task))}; {hint}")
-    concepts = _names(checkpoint.get("concepts"), f"checkpoint {path}", "concepts", CheckpointError)
-    if len(concepts) != checkpoint["config"].get("n_concepts"):
-        raise CheckpointError(f"checkpoint {path} names {len(concepts)} concepts but its model has "
-                              f"{printable(_short(checkpoint['config'].get('n_concepts')))}; {hint}")
-    if "features" in checkpoint and checkpoint["features"] != list(FEATURES):
-        raise CheckpointError(f"checkpoint {path}: features must be {list(FEATURES)}; {hint}")
-    data = checkpoint.get("data")
-    if not isinstance(data, dict):
-        raise CheckpointError(f"checkpoint {path}: data must be an object (path, sha256, planted), got {_short(data)}")
-    for key in ("path", "abs_path", "sha256"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise CheckpointError(f"checkpoint {path}: data.{key} must be a string, got {_short(data[key])}; {hint}")
-    if data.get("planted") is not None:
-        check_planted(data["planted"], f"checkpoint {path}", CheckpointError, concepts)
-    train = checkpoint.get("train")
-    if not isinstance(train, dict):
-        raise CheckpointError(f"checkpoint {path}: train must be an object, got {_short(train)}; {hint}")
-    for key in _TRAIN_NUMBERS:
-        if train.get(key) is not None and not _is_number(train[key]):
-            raise CheckpointError(f"checkpoint {path}: train.{key} must be a number, got {_short(train[key])}; {hint}")
-    metrics = train.get("valid_metrics", {})
-    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in metrics.items()):
-        raise CheckpointError(f"checkpoint {path}: train.valid_metrics must map names to numbers; {hint}")
-    if not isinstance(train.get("history", []), list):
-        raise CheckpointError(f"checkpoint {path}: train.history must be a list; {hint}")
-    resume = checkpoint.get("resume")
-    if resume is not None and not (isinstance(resume, dict) and _is_int(resume.get("epoch"))
-                                   and _is_int(resume.get("stale")) and isinstance(resume.get("state_dict"), dict)
-                                   and isinstance(resume.get("optimizer"), dict)):
-        raise CheckpointError(f"checkpoint {path}: its training state (resume) is damaged; {hint} without --resume")
-
-
-def check_model_config(config: Any, where: str, training: bool = False) -> None:
-    """A :class:`interp.model.ModelConfig` within the declared limits, whose parameters (counted on torch's meta
-    device, nothing allocated) fit in memory: 4 bytes each, :data:`TRAIN_BYTES_PER_PARAMETER` when ``training``."""
-    import torch  # heavy; the callers build the model right after
-
-    from interp.model import RoutingModel
-
-    error = InterpError if training else CheckpointError
-    limits = {"d_model": MAX_WIDTH, "d_feature": MAX_WIDTH, "d_concept": MAX_WIDTH, "n_layers": MAX_LAYERS,
-              "n_heads": MAX_LAYERS, "n_concepts": MAX_CONCEPTS}
-    for name, limit in limits.items():
-        if getattr(config, name) > limit:
-            raise error(f"{where}: {name} = {getattr(config, name)} is above the limit {limit}")
-    if max(config.input_dims) > MAX_INPUT_DIM:
-        raise error(f"{where}: input_dims {list(config.input_dims)} exceed the limit {MAX_INPUT_DIM} per modality")
-    if config.iterations > MAX_ROUTING_ITERATIONS:
-        raise error(f"{where}: routing_iterations = {config.iterations} is above the limit {MAX_ROUTING_ITERATIONS} "
-                    "(the paper uses 1 to 3)")
-    with torch.device("meta"):
-        n_parameters = sum(p.numel() for p in RoutingModel(config).parameters())
-    per_parameter = TRAIN_BYTES_PER_PARAMETER if training else 4
-    check_memory(n_parameters * per_parameter, f"{where}: a model of {n_parameters:,} parameters",
-                 "choose smaller --d-model, --n-layers, --d-feature or --d-concept" if training
-                 else "it was not written by `interp train` on this kind of machine", error)
 
 
 __all__ = [
     "CHECKPOINT_VERSIONS", "MAX_BOOTSTRAP_SAMPLES", "MAX_CONCEPTS", "MAX_INPUT_DIM", "MAX_JSON_BYTES", "MAX_LAYERS",
     "MAX_LR", "MAX_NESTING", "MAX_ROUTING_ITERATIONS", "MAX_SEED", "MAX_WIDTH", "MAX_WORKERS_PER_CPU",
-    "MEMORY_FRACTION", "bootstrap_samples_arg", "check_checkpoint", "check_lr", "check_memory", "check_meta",
-    "check_model_config", "check_nesting", "check_planted", "check_planted_info", "check_seed", "clean_text",
+    "MEMORY_FRACTION", "bootstrap_samples_arg", "check_lr", "check_memory", "check_meta",
+    "check_nesting", "check_planted", "check_planted_info", "check_seed", "clean_text",
     "lr_arg", "machine_memory", "one_line", "printable", "read_json", "seed_arg", "strip_xml_invalid", "workers_arg",
-    "xml_safe",
+    "xml_safe", "TRAIN_NUMBERS", "is_int", "is_number", "short_repr",
 ]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jinja2
+
 
 def template_environment(strict: bool = True) -> Any:
     """A jinja2 Environment over the package templates, autoescaping everything.
@@ -14,8 +16,6 @@ def template_environment(strict: bool = True) -> Any:
     ``strict`` raises on undefined template variables (a bug); ``strict=False`` lets a template probe optional
     attributes (``ChainableUndefined``).
     """
-    import jinja2
-
     return jinja2.Environment(
         loader=jinja2.PackageLoader("interp.templates", ""),
         autoescape=True,

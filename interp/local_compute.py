@@ -39,10 +39,7 @@ from interp.errors import InterpError, RunError
 from interp.guard import printable
 from interp.local_plot import plot_explanation
 from interp.runs import RunInfo, open_run, resolve_run, run_name
-from interp.schema import logit_column, p_column, prob_column
-
-#: Values of ``--by`` (the routing column ranked by ``--top``).
-RANK_BY: tuple[str, ...] = ("pr", "contribution")
+from interp.schema import RANK_BY, logit_column, p_column, prob_column
 
 
 # ------------------------------------------------------------------------------------------------ data classes

@@ -27,8 +27,6 @@ import numpy as np
 from interp.errors import DataError
 from interp.padding import checked_lengths
 
-#: Data layouts understood by :func:`interp.data.load_dataset` (``--format``).
-LAYOUTS: tuple[str, ...] = ("mult", "mmsa")
 #: Separator of video and clip in MMSA sample ids.
 ID_SEPARATOR = "$_$"
 #: CH-SIMS per-modality label keys, by the modality letter used in samples.parquet (``label_T`` ...).

@@ -4,7 +4,7 @@ Shapes use ``B`` for the batch, ``T_m`` for the length of modality ``m``, ``d_m`
 ``D = d_model``, ``F = 7`` routed features (:data:`interp.schema.FEATURES`), ``d_f`` the feature size,
 ``J`` the number of concepts and ``d_c`` the concept size.
 
-Pipeline: three MulT-style encoders (self-attention per modality, six cross-modal encoders) give seven
+Pipeline: three MulT-style encoders (:mod:`interp.encoders`: self-attention per modality, six cross-modal encoders) give seven
 feature vectors ``h_i (B, D)`` in the order t, a, v, ta, av, vt, tav; a batched linear head maps each to
 ``f_i (B, d_f)`` and ``p_i = sigmoid(.) (B,)``; :func:`route` (Procedure 1) turns them into concepts
 ``c_j``; ``logit_j = <o_j, c_j>`` without bias, so that in eval mode each logit is exactly the sum over
@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from interp.encoders import CrossModalEncoder, ModalityEmbedding, SelfAttentionEncoder, last_valid, padding_masks
 from interp.errors import CheckpointError, InterpError
-from interp.schema import FEATURES, VARIANTS
+from interp.schema import FEATURE_MODALITIES, FEATURES, VARIANTS
 
-__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "padding_masks", "route", "sinusoidal_positions"]
+__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "route"]
 
 N_FEATURES = len(FEATURES)
 
@@ -223,247 +223,6 @@ def _weighted_sum(p: Tensor, r: Tensor, votes: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Encoders (MulT style)
-# --------------------------------------------------------------------------------------------------
-
-
-def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Sinusoidal position encodings ``(length, dim)`` for any length (sin on even, cos on odd channels)."""
-    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
-    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
-    return pe.to(dtype)
-
-
-def padding_masks(
-    lengths: Tensor | None, seq_lens: tuple[int, int, int], side: str = "end"
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Key-padding masks ``(B, T_m)`` bool, True at padded steps (PyTorch's convention), one per modality.
-
-    ``lengths``: ``(B, 3)`` real steps of text, audio, vision (each in [1, T_m]) or None (no masks: full length);
-    ``side``: ``end`` (real steps first, MMSA) or ``start`` (real steps last, MulT); ``none`` means no masks.
-    A modality whose samples are all full length gets None.
-    """
-    if lengths is None or side == "none":
-        return (None, None, None)
-    if side not in ("end", "start"):
-        raise InterpError(f"unknown padding side {side!r}; choose end, start or none")
-    masks: list[Tensor | None] = []
-    for m, steps in enumerate(seq_lens):
-        length = lengths[:, m].to(torch.long).clamp(1, steps).unsqueeze(1)
-        if bool((length == steps).all()):
-            masks.append(None)
-            continue
-        index = torch.arange(steps, device=lengths.device).unsqueeze(0)
-        masks.append(index >= length if side == "end" else index < steps - length)
-    return masks[0], masks[1], masks[2]
-
-
-def _last_valid(mask: Tensor | None) -> Tensor | None:
-    """Index ``(B,)`` of each sample's last real step (``mask (B, T)`` True at padding); None (the last step)
-    when there is no mask."""
-    if mask is None:
-        return None
-    valid = (~mask).to(torch.int8)
-    return mask.shape[1] - 1 - valid.flip(1).argmax(dim=1)
-
-
-class ModalityEmbedding(nn.Module):
-    """1x1 Conv1d projection ``d_m -> D``, scaled by sqrt(D), plus sinusoidal positions and dropout.
-
-    ``(B, T, d_m) -> (B, T, D)``. The 1x1 convolution runs as one matmul on the ``(B, T, d_m)`` layout (the
-    same weights, no transposed copy). With a padding ``mask (B, T)`` the real steps are numbered 0, 1, ... from
-    the first real step (so start padding does not shift positions); without one, steps are numbered 0..T-1.
-    """
-
-    def __init__(self, d_in: int, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.proj = nn.Conv1d(d_in, d_model, kernel_size=1, bias=False)
-        self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x (B, T, d_m) -> (B, T, D)``; ``mask (B, T)`` True at padded steps, or None."""
-        h = F.linear(x, self.proj.weight.squeeze(-1)) * self.scale
-        table = sinusoidal_positions(h.shape[-2], h.shape[-1], h.device, h.dtype)
-        if mask is None:
-            h = h + table
-        else:
-            position = ((~mask).to(torch.long).cumsum(dim=1) - 1).clamp(min=0)
-            h = h + table[position]
-        return self.dropout(h)
-
-
-class Attention(nn.Module):
-    """Multi-head attention on :func:`torch.nn.functional.scaled_dot_product_attention`, ``(B, T, D)`` layouts.
-
-    The parameters and their names are those of ``nn.MultiheadAttention`` (``in_proj_weight (3D, D)``,
-    ``in_proj_bias (3D,)``, ``out_proj``), drawn in the same order from the RNG, so checkpoints written with
-    the ``nn.MultiheadAttention`` encoders load unchanged and give the same outputs. Self-attention projects
-    q, k, v in one matmul; cross-attention projects q from the queries and k, v together from the source.
-    Heads are split as views ``(B, T, H, d_h) -> (B, H, T, d_h)`` (no copy) and merged with one reshape.
-    Attention dropout is SDPA's ``dropout_p`` in training only; with 0 SDPA stays on its fused kernel.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.dropout = dropout
-        # Creation order as in nn.MultiheadAttention: out_proj first, then the in-projection is re-drawn.
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
-        self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.in_proj_bias)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, x: Tensor, source: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T_q, D)`` attends to ``source (B, T_k, D)`` (``x`` itself when None) -> ``(B, T_q, D)``.
-
-        ``key_padding_mask (B, T_k)`` bool, optional: True marks a *padded* key that no query may attend to
-        (the convention of ``nn.MultiheadAttention``); it reaches SDPA as ``attn_mask`` (True = attend).
-        Every query needs at least one unpadded key, or its output is NaN.
-        """
-        batch, t_q, d_model = x.shape[0], x.shape[-2], x.shape[-1]
-        heads = self.n_heads
-        d_head = d_model // heads
-        if source is None:
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).unflatten(-1, (3, heads, d_head))
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            w, b = self.in_proj_weight, self.in_proj_bias
-            q = F.linear(x, w[:d_model], b[:d_model]).unflatten(-1, (heads, d_head)).transpose(1, 2)
-            kv = F.linear(source, w[d_model:], b[d_model:]).unflatten(-1, (2, heads, d_head))
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(batch, t_q, d_model))
-
-
-def _last(x: Tensor, index: Tensor | None) -> Tensor:
-    """``x (B, T, D)`` -> ``(B, 1, D)`` at time ``index (B,)`` (the last step when None)."""
-    if index is None:
-        return x[:, -1:]
-    return x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
-
-
-class SelfAttentionLayer(nn.Module):
-    """Pre-LN transformer encoder layer (the parameters of ``nn.TransformerEncoderLayer(norm_first=True)``).
-
-    ``x = x + res(attn(norm1(x)))``; ``x = x + res(linear2(relu_drop(relu(linear1(norm2(x))))))``.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
-        super().__init__()
-        self.self_attn = Attention(d_model, n_heads, attn_dropout)
-        self.linear1 = nn.Linear(d_model, 4 * d_model)
-        self.dropout = nn.Dropout(relu_dropout)
-        self.linear2 = nn.Linear(4 * d_model, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(res_dropout)
-        self.dropout2 = nn.Dropout(res_dropout)
-
-    def _ff(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
-
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T, D) -> (B, T, D)``."""
-        x = x + self.dropout1(self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask))
-        return x + self._ff(x)
-
-    def last_step(self, x: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
-        """Only the output at one time step: ``x (B, T, D) -> (B, 1, D)`` (keys and values still see all of x)."""
-        h = self.norm1(x)
-        x = _last(x, index) + self.dropout1(self.self_attn(_last(h, index), h, key_padding_mask))
-        return x + self._ff(x)
-
-
-class SelfAttentionEncoder(nn.Module):
-    """``n_layers`` pre-LN transformer encoder layers and a final LayerNorm: ``(B, T, D) -> (B, T, D)``."""
-
-    def __init__(
-        self, d_model: int, n_heads: int, n_layers: int, attn_dropout: float, relu_dropout: float, res_dropout: float
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            SelfAttentionLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T, D) -> (B, T, D)``; ``key_padding_mask (B, T)`` bool, True = padded (optional)."""
-        for layer in self.layers:
-            x = layer(x, key_padding_mask)
-        return self.norm(x)
-
-    def last_step(self, x: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
-        """``forward(x)[b, index[b]]`` as ``(B, D)`` (the last step when ``index`` is None), computed without the
-        query-side work of the last layer at the other steps."""
-        for layer in self.layers[:-1]:
-            x = layer(x, key_padding_mask)
-        return self.norm(self.layers[-1].last_step(x, key_padding_mask, index)).squeeze(1)
-
-
-class CrossModalLayer(nn.Module):
-    """Pre-LN cross-modal block: the query sequence attends to a source sequence, then a feed-forward.
-
-    ``x (B, T_q, D)``, ``y (B, T_k, D) -> (B, T_q, D)``.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, attn_dropout)
-        self.drop1 = nn.Dropout(res_dropout)
-        self.norm_ff = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model),
-            nn.ReLU(),
-            nn.Dropout(relu_dropout),
-            nn.Linear(4 * d_model, d_model),
-        )
-        self.drop2 = nn.Dropout(res_dropout)
-
-    def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``. ``key_padding_mask (B, T_k)``."""
-        x = x + self.drop1(self.attn(self.norm_q(x), self.norm_kv(y), key_padding_mask))
-        return x + self.drop2(self.ff(self.norm_ff(x)))
-
-
-class CrossModalEncoder(nn.Module):
-    """``n_layers`` cross-modal blocks (the source is the same at every layer) and a final LayerNorm."""
-
-    def __init__(
-        self, d_model: int, n_heads: int, n_layers: int, attn_dropout: float, relu_dropout: float, res_dropout: float
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            CrossModalLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-
-    def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``. ``key_padding_mask (B, T_k)``
-        bool, True = padded source step (optional)."""
-        for layer in self.layers:
-            x = layer(x, y, key_padding_mask)
-        return self.norm(x)
-
-    def last_step(
-        self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None, index: Tensor | None = None
-    ) -> Tensor:
-        """``forward(x, y)[b, index[b]]`` as ``(B, D)``. A query step never sees the other query steps (only the
-        source), so only the selected step is run through the layers: the same numbers at 1/T_q of the work."""
-        return self.forward(_last(x, index), y, key_padding_mask).squeeze(1)
-
-
-# --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
 
@@ -486,13 +245,12 @@ class RoutingOutput:
 
 
 #: (query modality, source modality) of the six cross-modal encoders, as indices into (text, audio, vision).
+#: The bimodal features first (ta: text queries audio, av, vt), then their reverses (at, va, tv), fused into tav.
+#: The order fixes the order in which the encoders are built, hence their initial weights under a seed.
+_BIMODAL: tuple[str, ...] = tuple(f for f in FEATURES if len(FEATURE_MODALITIES[f]) == 2)
 _CROSS_PAIRS: dict[str, tuple[int, int]] = {
-    "ta": (0, 1),  # text queries audio
-    "av": (1, 2),  # audio queries vision
-    "vt": (2, 0),  # vision queries text
-    "at": (1, 0),  # audio queries text   (reverse, fused into tav)
-    "va": (2, 1),  # vision queries audio (reverse, fused into tav)
-    "tv": (0, 2),  # text queries vision  (reverse, fused into tav)
+    **{f: (FEATURE_MODALITIES[f][0], FEATURE_MODALITIES[f][1]) for f in _BIMODAL},
+    **{f[::-1]: (FEATURE_MODALITIES[f][1], FEATURE_MODALITIES[f][0]) for f in _BIMODAL},
 }
 
 
@@ -557,7 +315,7 @@ class RoutingModel(nn.Module):
         self._check_inputs(text, audio, vision)
         masks = padding_masks(lengths, (text.shape[1], audio.shape[1], vision.shape[1]), padding)
         x = [emb(m, mask) for emb, m, mask in zip(self.embed, (text, audio, vision), masks)]
-        index = [_last_valid(mask) for mask in masks]
+        index = [last_valid(mask) for mask in masks]
         unimodal = [enc.last_step(xm, mask, i) for enc, xm, mask, i in zip(self.self_encoders, x, masks, index)]
         last = {
             name: self.cross_encoders[name].last_step(x[q], x[k], masks[k], index[q])

@@ -4,7 +4,7 @@ A data set's sequences have one length T per modality, so shorter samples are pa
 the MMSA layout pads at the **end** (and stores ``audio_lengths`` / ``vision_lengths``); the MulT layout pads at
 the **start** and stores no lengths. :func:`valid_lengths` finds the real steps of a (N, T, d) array by counting
 the all-zero steps at the padded side; the model turns lengths into attention key-padding masks
-(:func:`interp.model.padding_masks`) and takes each feature at the last real step.
+(:func:`interp.encoders.padding_masks`) and takes each feature at the last real step.
 
 Lengths are (N, 3) int64 in the order text, audio, vision, each in [1, T_m]; a sample with no real step at all
 (every step zero) keeps one step, so attention always has a key. ``None`` means "every sample is full length"

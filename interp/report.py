@@ -59,12 +59,11 @@ from interp.report_model import (
     RunSection,
     glance,
     planted_rows,
-    related_features,
     table_of_contents,
 )
 from interp.retraining import glance_lines, retraining_view
 from interp.runs import DEFAULT_REPORTS_ROOT, DEFAULT_RUNS_ROOT, atomic_write_text, open_run, resolve_runs, run_name
-from interp.schema import FEATURE_NAMES, FEATURES
+from interp.schema import FEATURE_NAMES, FEATURES, related_features
 from interp.stats import compute_global_stats
 
 TEMPLATE = "report.html"

@@ -16,10 +16,8 @@ import pyarrow.parquet as pq
 from interp.errors import RunError
 from interp.metrics import HEADLINE, task_metrics
 from interp.runs import RunInfo, open_run
+from interp.schema import DEFAULT_LR as PAPER_LR
 from interp.schema import SINGLE_LABEL_TASKS, VARIANTS, label_column, logit_column
-
-#: The paper's learning rates (mirrors :data:`interp.train.DEFAULT_LR`, kept here so that reports need no torch).
-PAPER_LR: dict[str, float] = {"sentiment": 1e-4, "emotion": 1e-5, "iemocap": 1e-4}
 
 #: Display names of the sentiment metrics, in table order, and whether larger is better.
 SENTIMENT_METRICS: tuple[tuple[str, str, bool], ...] = (

@@ -11,19 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from interp.gallery import GalleryChoice, argmax_feature
+from interp.schema import related_features
 from interp.tables import format_interval
-
-#: The modalities each feature combines (a feature is "related" to another when one's set contains the other's).
-FEATURE_MODALITIES: dict[str, frozenset[str]] = {
-    "t": frozenset("t"), "a": frozenset("a"), "v": frozenset("v"), "ta": frozenset("ta"), "av": frozenset("av"),
-    "vt": frozenset("vt"), "tav": frozenset("tav"),
-}
-
-
-def related_features(first: str, second: str) -> bool:
-    """True when two different features nest (one's modalities contain the other's), e.g. t and ta, ta and tav."""
-    a, b = FEATURE_MODALITIES.get(first), FEATURE_MODALITIES.get(second)
-    return first != second and a is not None and b is not None and (a <= b or b <= a)
 
 
 

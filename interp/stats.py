@@ -46,16 +46,11 @@ from interp.errors import InterpError, RunError
 from interp.intervals import describe_cells, mark_bold, significance
 from interp.runreader import DEFAULT_BATCH_SAMPLES, Block, RunLayout, has_column, read_blocks, run_layout
 from interp.runs import open_run, run_name
-from interp.schema import label_column, p_column
+from interp.schema import BASELINES, CLUSTERS, CORRECTIONS, GROUPS, INTERVALS, label_column, p_column
 
 QUANTITIES: tuple[str, ...] = ("r", "pr", "p")
 #: Quantities compared with the baseline 1/J (p is an activation: listed, never judged).
 JUDGED: tuple[str, ...] = ("r", "pr")
-GROUPS: tuple[str, ...] = ("all", "label", "pred")
-INTERVALS: tuple[str, ...] = ("clt", "t", "bootstrap")
-CORRECTIONS: tuple[str, ...] = ("none", "holm", "bonferroni")
-CLUSTERS: tuple[str, ...] = ("none", "video")
-BASELINES: tuple[str, ...] = ("uniform",)
 ALL_COLUMN = "all"
 #: What variance an interval covers, by option: samples of one model, videos (clustered), retrained models.
 KINDS: tuple[str, ...] = ("samples", "videos", "seeds")
@@ -73,14 +68,14 @@ class StatsOptions:
     ``cluster``: "video" for video-clustered intervals (clt only)."""
 
     level: float = 0.95
-    group: str = "all"
-    interval: str = "clt"
-    correction: str = "none"
+    group: str = GROUPS[0]
+    interval: str = INTERVALS[0]
+    correction: str = CORRECTIONS[0]
     split: str | None = None
-    baseline: str | float = "uniform"
+    baseline: str | float = BASELINES[0]
     bootstrap_samples: int = 2000
     seed: int = 0
-    cluster: str = "none"
+    cluster: str = CLUSTERS[0]
 
     @property
     def alpha(self) -> float:
@@ -259,18 +254,8 @@ class GlobalStats:
         frame = self.quantity_cells(quantity).pivot(index="feature", columns="concept", values=field)
         return frame.reindex(index=list(self.features), columns=list(self.columns(quantity)))
 
-    def table(self, quantity: str, digits: int = 3, marks: bool = False) -> pd.DataFrame:
-        from interp.tables import interval_table
-
-        return interval_table(self, quantity, digits=digits, marks=marks)
-
     def to_frame(self) -> pd.DataFrame:
         return self.cells.copy()
-
-    def summary(self) -> str:
-        from interp.tables import summary_text
-
-        return summary_text(self)
 
 
 def _check_quantity(quantity: str) -> None:

@@ -41,11 +41,11 @@ import numpy as np
 from scipy.special import ndtr
 
 from interp.runs import atomic_write_bytes
-from interp.data import PLANTED_SUFFIX, SPLITS
+from interp.data import PLANTED_SUFFIX
 from interp.errors import InterpError
 from interp.guard import check_memory, check_seed
 from interp.outputs import looks_like_synthetic
-from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS, concept_names
+from interp.schema import FEATURE_MODALITIES, FEATURES, MODALITIES, SPLITS, TASK_CONCEPTS, concept_names
 
 #: Norm of the signal direction in every time step (the latent's amplitude).
 SIGNAL = 2.0
@@ -75,10 +75,6 @@ DEFAULT_PLANTED: dict[str, dict[str, str]] = {
     "iemocap": {"neutral": "v", "happy": "t", "sad": "a", "angry": "ta"},
 }
 
-#: Modalities (indices into MODALITIES) that each feature combines.
-_FEATURE_MODALITIES: dict[str, tuple[int, ...]] = {
-    "t": (0,), "a": (1,), "v": (2,), "ta": (0, 1), "av": (1, 2), "vt": (2, 0), "tav": (0, 1, 2),
-}
 
 
 @dataclass
@@ -200,7 +196,7 @@ def evidence(latents: np.ndarray, feature: str) -> np.ndarray:
 
     ``e_F = prod_m sign(z_m) * (1 - (2 Phi(-min_m |z_m|))^k)``: Uniform(-1, 1) for every feature.
     """
-    columns = latents[:, list(_FEATURE_MODALITIES[feature])]
+    columns = latents[:, list(FEATURE_MODALITIES[feature])]
     sign = np.prod(np.sign(columns), axis=1)
     smallest = np.abs(columns).min(axis=1)
     return sign * (1.0 - (2.0 * ndtr(-smallest)) ** columns.shape[1])

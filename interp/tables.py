@@ -1,31 +1,40 @@
-"""Formatting of the global statistics: terminal (rich), CSV, JSON, Markdown and LaTeX.
+"""The one table model of the global statistics: :class:`IntervalTable`, and the layout of the paper's tables.
+
+``IntervalTable.from_stats(stats, quantity)`` (one run) or ``IntervalTable.from_spec(spec)`` (a :class:`TableSpec`
+of :func:`layout_tables`: one or more runs side by side) walks the cells once into rows of :class:`Cell`
+(text, marks, numbers); the renderers only lay them out: :meth:`IntervalTable.as_frame`, :meth:`~IntervalTable.as_text`
+(rich, for the terminal), :meth:`~IntervalTable.as_markdown`, :meth:`~IntervalTable.as_latex`,
+:meth:`~IntervalTable.as_csv` and :meth:`~IntervalTable.as_html` (the data the HTML template renders).
 
 Cells are printed as ``(low, high)`` with 3 decimals (DESIGN.md, "Statistics"); a cell without an interval
-shows ``n=0`` or ``n=1``. Marks, the same in every format:
+shows ``n=0`` or ``n=1``. Marks, the same in every format (the rules live in :data:`MARKS` and :meth:`Cell.marked`):
 
 * **bold** — the paper's rule (largest mean of its concept column, interval above 1/J): ``**…**`` in the
-  terminal and Markdown, ``\\textbf{…}`` in LaTeX;
-* ``⁺`` / ``⁻`` (LaTeX ``$^{+}$`` / ``$^{-}$``) — significant above / below the baseline but not bold.
+  terminal and Markdown, ``\\textbf{…}`` in LaTeX, a ``bold`` class in HTML;
+* ``⁺`` / ``⁻`` (LaTeX ``$^{+}$`` / ``$^{-}$``, HTML ``+`` / ``−``) — significant above / below the baseline but
+  not bold.
 
 With the runs of both paper tasks (one sentiment and one emotion run), :func:`layout_tables` arranges the tables
 as the paper's Tables 3–7: 3 = r̄ (sentiment and emotion), 4 / 5 = p̄r (sentiment / emotion),
 6 / 7 = p̄ (sentiment / emotion). Otherwise each run has its r, p·r and p tables.
 
-Nothing here computes statistics (see :mod:`interp.stats`) or prints; every function returns a string.
+Nothing here computes statistics (see :mod:`interp.stats`) or prints; every renderer returns a value.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-if TYPE_CHECKING:  # pragma: no cover
-    from interp.stats import GlobalStats
+from interp.stats import JUDGED, GlobalStats
 
 QUANTITY_ORDER: tuple[str, ...] = ("r", "pr", "p")
 
@@ -61,9 +70,6 @@ KIND_TEXT: dict[str, str] = {
 _INTERVAL_NAMES = {"clt": "CLT", "t": "Student t", "bootstrap": "percentile bootstrap"}
 
 
-# ----------------------------------------------------------------------------------------------- cell text
-
-
 def format_interval(low: float, high: float, n: int, digits: int = 3) -> str:
     """``(low, high)`` with ``digits`` decimals; ``n=0`` / ``n=1`` when there is no interval."""
     if n < 2 or not (math.isfinite(low) and math.isfinite(high)):
@@ -71,35 +77,264 @@ def format_interval(low: float, high: float, n: int, digits: int = 3) -> str:
     return f"({low:.{digits}f}, {high:.{digits}f})"
 
 
+#: Bold and significance marks per style: (bold template, suffix above, suffix below). HTML marks bold cells with
+#: a class (the template), so its bold template leaves the text as it is.
+MARKS: dict[str, tuple[str, str, str]] = {
+    "plain": ("**{}**", "⁺", "⁻"),
+    "markdown": ("**{}**", "⁺", "⁻"),
+    "latex": (r"\textbf{{{}}}", "$^{+}$", "$^{-}$"),
+    "html": ("{}", "+", "−"),
+}
+#: Terminal styles of marked cells (with colour).
+_RICH_STYLES = {"above": "green", "below": "red"}
+
+
 def mark(text: str, significant: str, bold: bool, style: str = "plain") -> str:
-    """``text`` with the bold / significance marks of ``style`` ("plain", "markdown" or "latex")."""
-    if style == "latex":
-        if bold:
-            return rf"\textbf{{{text}}}"
-        return text + {"above": "$^{+}$", "below": "$^{-}$"}.get(significant, "")
+    """``text`` with the bold / significance marks of ``style`` (a key of :data:`MARKS`)."""
+    bold_template, above, below = MARKS[style]
     if bold:
-        return f"**{text}**"
-    return text + {"above": "⁺", "below": "⁻"}.get(significant, "")
+        return bold_template.format(text)
+    return text + {"above": above, "below": below}.get(significant, "")
 
 
-def interval_table(stats: "GlobalStats", quantity: str, digits: int = 3, marks: bool = False, style: str = "plain") -> pd.DataFrame:
-    """A quantity's (features × columns) table of ``(low, high)`` strings, rows t, a, v, ta, av, vt, tav."""
-    part = stats.quantity_cells(quantity)
-    text = {}
-    for row in part.itertuples(index=False):
-        cell = format_interval(row.low, row.high, row.n, digits)
-        if marks:
-            cell = mark(cell, row.significant, bool(row.bold), style)
-        text[(row.feature, row.concept)] = cell
-    columns = stats.columns(quantity)
-    frame = pd.DataFrame(
-        [[text.get((f, c), "") for c in columns] for f in stats.features], index=list(stats.features), columns=list(columns)
-    )
-    frame.index.name = "feature"
-    return frame
+def _number(value: Any) -> str:
+    """Full-precision text of a number for data attributes (``nan`` when missing)."""
+    value = float(value)
+    return repr(value) if np.isfinite(value) else "nan"
 
 
-# -------------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Cell:
+    """One (feature, column) cell: its interval text, its verdict and every number of its row in
+    :attr:`interp.stats.GlobalStats.cells` (``values``: mean, std, n, se, low, high, p_value, ...)."""
+
+    feature: str
+    column: str
+    text: str
+    significant: str
+    bold: bool
+    values: Mapping[str, Any]
+
+    def marked(self, style: str = "plain") -> str:
+        """The text with its marks in ``style`` ("plain", "markdown", "latex" or "html")."""
+        return mark(self.text, self.significant, self.bold, style)
+
+    def suffix(self, style: str = "html") -> str:
+        """The significance mark alone ("" for bold or non-significant cells)."""
+        return "" if self.bold else mark("", self.significant, False, style)
+
+    def html(self, stats: GlobalStats, quantity: str) -> dict[str, Any]:
+        """The data the HTML template renders for this cell (text, mark, classes, data attributes, tooltip)."""
+        row = self.values
+        classes = ["cell"]
+        if self.bold:
+            classes.append("bold")
+        if self.significant:
+            classes.append(f"sig-{self.significant}")
+        if int(row["n"]) < 2:
+            classes.append("no-interval")
+        p_text = "" if not np.isfinite(row["p_adjusted"]) else f", p = {row['p_adjusted']:.3g}"
+        seeds = stats.kind == "seeds"
+        if seeds:
+            p_text += (f"; prediction interval for a new seed ({row['pi_low']:.3f}, {row['pi_high']:.3f}); bold in "
+                       f"{int(row['bold_seeds'])} of {stats.units} seeds; single-seed verdict agrees in "
+                       f"{int(row['agree_seeds'])}")
+        std_text = "undefined" if not np.isfinite(row["std"]) else f"{row['std']:.4f}"
+        mean_text = "—" if not np.isfinite(row["mean"]) else f"{row['mean']:.4f}"
+        return {
+            "text": self.text,
+            "bold": self.bold,
+            "mark": self.suffix("html"),
+            "classes": " ".join(classes),
+            "run": stats.name,
+            "task": stats.task,
+            "quantity": quantity,
+            "feature": self.feature,
+            "concept": self.column,
+            **{key: _number(row[key]) for key in ("mean", "std")},
+            "n": int(row["n"]),
+            **{key: _number(row[key]) for key in ("low", "high", "p_value", "p_adjusted")},
+            "significant": self.significant,
+            "kind": row["kind"],
+            "units": int(row["units"]),
+            "seeds": (f"bold {int(row['bold_seeds'])}/{stats.units} · agree {int(row['agree_seeds'])}/{stats.units}"
+                      if seeds and quantity in JUDGED else ""),
+            "pi_low": _number(row["pi_low"]) if seeds else "",
+            "pi_high": _number(row["pi_high"]) if seeds else "",
+            "title": f"{self.feature} → {self.column}: mean {mean_text}, sd {std_text}, {row['kind']} "
+                     f"{int(row['units'])}{p_text}",
+        }
+
+
+@dataclass(frozen=True)
+class ColumnGroup:
+    """The columns one run contributes to a table (one group, or one per run side by side in Table 3)."""
+
+    stats: GlobalStats
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IntervalTable:
+    """A quantity's (features × columns) table of interval cells over one or more runs; ``rows[i]`` holds the cells
+    of ``features[i]``, group after group."""
+
+    spec: TableSpec
+    groups: tuple[ColumnGroup, ...]
+    features: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+
+    @classmethod
+    def from_spec(cls, spec: TableSpec, digits: int = 3) -> "IntervalTable":
+        """Walk the cells of every run of ``spec`` once."""
+        groups = tuple(ColumnGroup(stats, tuple(stats.columns(spec.quantity))) for stats in spec.parts)
+        by_cell = {}
+        for index, stats in enumerate(spec.parts):
+            for row in stats.quantity_cells(spec.quantity).to_dict(orient="records"):
+                by_cell[(index, row["feature"], row["concept"])] = Cell(
+                    feature=row["feature"], column=row["concept"],
+                    text=format_interval(row["low"], row["high"], int(row["n"]), digits),
+                    significant=row["significant"], bold=bool(row["bold"]), values=row,
+                )
+        features = tuple(spec.parts[0].features)
+        rows = tuple(
+            tuple(by_cell[(index, feature, column)] for index, group in enumerate(groups) for column in group.columns)
+            for feature in features
+        )
+        return cls(spec, groups, features, rows)
+
+    @classmethod
+    def from_stats(cls, stats: GlobalStats, quantity: str, digits: int = 3) -> "IntervalTable":
+        """The table of one quantity of one run."""
+        return cls.from_spec(single_spec(stats, quantity), digits)
+
+    @property
+    def quantity(self) -> str:
+        return self.spec.quantity
+
+    @property
+    def grouped(self) -> bool:
+        """True when several runs stand side by side (their columns are labelled with the task)."""
+        return len(self.groups) > 1
+
+    def parts(self) -> list["IntervalTable"]:
+        """One table per run (the terminal prints a side-by-side table as one table per run)."""
+        if not self.grouped:
+            return [self]
+        return [IntervalTable.from_spec(TableSpec(self.spec.key, self.quantity, self.spec.title, (g.stats,),
+                                                  self.spec.number)) for g in self.groups]
+
+    def column_labels(self) -> list[str]:
+        return [f"{g.stats.task} {c}" if self.grouped else c for g in self.groups for c in g.columns]
+
+    def as_frame(self, marks: bool = False, style: str = "plain") -> pd.DataFrame:
+        """The cell texts as a DataFrame (rows t, a, v, ta, av, vt, tav; marks in ``style`` when ``marks``)."""
+        frame = pd.DataFrame([[c.marked(style) if marks else c.text for c in row] for row in self.rows],
+                             index=list(self.features), columns=self.column_labels())
+        frame.index.name = "feature"
+        return frame
+
+    def as_rich(self, color: bool = False) -> Table:
+        """A rich Table (bold cells bold, above green, below red when ``color``; the marks carry the meaning)."""
+        table = Table(show_lines=False)
+        table.add_column(header_label(self.groups[0].stats), justify="left")
+        for label in self.column_labels():
+            table.add_column(label, justify="center")
+        for feature, row in zip(self.features, self.rows):
+            table.add_row(feature, *(Text(c.marked(), style="bold" if c.bold else _RICH_STYLES.get(c.significant, ""))
+                                     for c in row))
+        return table
+
+    def as_text(self, color: bool = False, width: int | None = None) -> str:
+        """The title and the table as terminal text."""
+        buffer = io.StringIO()
+        console = Console(file=buffer, force_terminal=color, color_system="standard" if color else None,
+                          width=width or 200, highlight=False, soft_wrap=False)
+        console.print(Text(self.spec.title, style="bold" if color else ""))
+        console.print(self.as_rich(color))
+        return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip("\n")
+
+    def as_markdown(self) -> str:
+        """A Markdown (GitHub) pipe table with the title as a caption line, bold cells in ``**``."""
+        header = [header_label(self.groups[0].stats)] + self.column_labels()
+        lines = [f"**{self.spec.title}**", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join([":---"] + [":---:"] * (len(header) - 1)) + "|"]
+        for feature, row in zip(self.features, self.rows):
+            lines.append("| " + " | ".join([feature] + [c.marked("markdown").replace("|", "\\|") for c in row]) + " |")
+        first = self.groups[0].stats
+        verdict = (f"Baseline 1/J = {first.baseline:.3f}. {LEGEND}." if self.quantity != "p"
+                   else f"No baseline: {_P_NOTE}.")
+        lines += ["", verdict]
+        return "\n".join(lines) + "\n"
+
+    def as_latex(self) -> str:
+        """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``); bold cells in ``\\textbf``."""
+        first = self.groups[0].stats
+        symbol, latex = QUANTITY_SYMBOLS[self.quantity], QUANTITY_LATEX[self.quantity]
+        title = latex_escape(self.spec.title.replace(symbol, "\x00")).replace("\x00", latex)
+        lines = [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            (rf"\caption{{{title}. Bold: largest mean of its column with the interval above the baseline "
+             rf"$1/J = {first.baseline:.3f}$; $^{{+}}$/$^{{-}}$: interval wholly above/below the baseline.}}"
+             if self.quantity != "p" else rf"\caption{{{title}. $\bar p_i$ is an activation: no 1/J verdict.}}"),
+            rf"\label{{tab:{latex_escape(self.spec.key)}}}",
+            r"\begin{tabular}{l" + "c" * sum(len(g.columns) for g in self.groups) + "}",
+            r"\toprule",
+        ]
+        if self.grouped:
+            lines.append(" & " + " & ".join(rf"\multicolumn{{{len(g.columns)}}}{{c}}{{{latex_escape(g.stats.task)}}}"
+                                             for g in self.groups) + r" \\")
+            start, rules = 2, []
+            for group in self.groups:
+                rules.append(rf"\cmidrule(lr){{{start}-{start + len(group.columns) - 1}}}")
+                start += len(group.columns)
+            lines.append(" ".join(rules))
+        lines.append(" & ".join([latex_escape(header_label(first))]
+                                + [latex_escape(c) for g in self.groups for c in g.columns]) + r" \\")
+        lines.append(r"\midrule")
+        for feature, row in zip(self.features, self.rows):
+            lines.append(" & ".join([latex_escape(feature)] + [c.marked("latex") for c in row]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def as_csv(self) -> str:
+        """Long format, one row per cell of every run, full precision; ``interval`` holds the printed text."""
+        return "".join(cells_csv(g.stats, g.stats.quantity_cells(self.quantity), header=i == 0)
+                       for i, g in enumerate(self.groups))
+
+    def as_html(self) -> dict[str, Any]:
+        """The data the ``global.html`` template renders for this table (plain dicts and strings)."""
+        return {
+            "id": f"global-{self.spec.key}",
+            "number": self.spec.number,
+            "quantity": self.quantity,
+            "name": QUANTITY_NAMES[self.quantity],
+            "title": self.spec.title,
+            "groups": [{"label": g.stats.task if self.grouped else "", "columns": list(g.columns),
+                        "span": len(g.columns)} for g in self.groups],
+            "grouped": self.grouped,
+            "header": header_label(self.groups[0].stats),
+            "rows": [{"feature": feature, "cells": [c.html(g.stats, self.quantity) for g, c in
+                                                    zip(self._cell_groups(), row)]}
+                     for feature, row in zip(self.features, self.rows)],
+        }
+
+    def _cell_groups(self) -> list[ColumnGroup]:
+        """The group of each position in a row."""
+        return [g for g in self.groups for _ in g.columns]
+
+
+def cells_csv(stats: GlobalStats, frame: pd.DataFrame, header: bool = True) -> str:
+    """Cells of ``stats`` (rows of its ``cells`` frame) as long-format CSV with the printed ``interval`` and the options."""
+    frame = frame.copy()
+    frame["interval"] = [format_interval(lo, hi, n) for lo, hi, n in zip(frame["low"], frame["high"], frame["n"])]
+    interval = "t" if stats.kind == "seeds" else stats.options.interval
+    for key, value in (("level", stats.options.level), ("group", stats.options.group), ("interval_kind", interval),
+                       ("correction", stats.options.correction)):
+        frame[key] = value
+    return frame.to_csv(index=False, header=header, lineterminator="\n")
 
 
 @dataclass(frozen=True)
@@ -109,11 +344,11 @@ class TableSpec:
     key: str
     quantity: str
     title: str
-    parts: tuple["GlobalStats", ...]
+    parts: tuple[GlobalStats, ...]
     number: int | None = None
 
 
-def units_text(stats: "GlobalStats") -> str:
+def units_text(stats: GlobalStats) -> str:
     """n, G or K with its unit: "n = 752 samples", "G = 31 videos (n = 752)", "K = 5 seeds"."""
     if stats.kind == "seeds":
         return f"K = {stats.units} seeds"
@@ -122,7 +357,7 @@ def units_text(stats: "GlobalStats") -> str:
     return f"n = {stats.n_samples} samples"
 
 
-def _interval_phrase(stats: "GlobalStats") -> str:
+def interval_phrase(stats: GlobalStats) -> str:
     options = stats.options
     level = f"{100 * options.level:g}%"
     correction = "" if options.correction == "none" else f", {options.correction} correction"
@@ -130,18 +365,18 @@ def _interval_phrase(stats: "GlobalStats") -> str:
     return f"{level} {name} intervals {KIND_TEXT[stats.kind]}, {units_text(stats)}{correction}"
 
 
-def header_label(stats: "GlobalStats") -> str:
+def header_label(stats: GlobalStats) -> str:
     """The first header cell of a table: the interval kind and its n (or K)."""
     units = {"seeds": f"K={stats.units}", "videos": f"G={stats.units}"}.get(stats.kind, f"n={stats.n_samples}")
     return f"feature (interval over {stats.kind}, {units})"
 
 
-def layout_tables(results: Sequence["GlobalStats"]) -> list[TableSpec]:
+def layout_tables(results: Sequence[GlobalStats]) -> list[TableSpec]:
     """The tables to show: the paper's Tables 3–7 for one sentiment and one emotion run, else r, p·r, p per run."""
     tasks = [s.task for s in results]
     if len(results) == 2 and sorted(tasks) == ["emotion", "sentiment"]:
         sentiment, emotion = sorted(results, key=lambda s: s.task != "sentiment")
-        phrase = _interval_phrase(sentiment)
+        phrase = interval_phrase(sentiment)
         specs = [TableSpec("table3", "r", f"Table 3. {QUANTITY_SYMBOLS['r']}: {phrase} (sentiment and emotion)",
                            (sentiment, emotion), 3)]
         for quantity in ("pr", "p"):
@@ -159,188 +394,16 @@ def layout_tables(results: Sequence["GlobalStats"]) -> list[TableSpec]:
             prefix = f"{stats.name} — " if multiple else ""
             key = f"{index}-{quantity}" if multiple else quantity
             specs.append(TableSpec(key, quantity, f"{prefix}{QUANTITY_SYMBOLS[quantity]} ({stats.task}): "
-                                   f"{_interval_phrase(stats)}{reference}", (stats,)))
+                                   f"{interval_phrase(stats)}{reference}", (stats,)))
     return specs
 
 
-def single_spec(stats: "GlobalStats", quantity: str) -> TableSpec:
+def single_spec(stats: GlobalStats, quantity: str) -> TableSpec:
     """A table of one quantity of one run."""
     paper = PAPER_TABLES.get((quantity, stats.task))
     reference = f" (cf. the paper's Table {paper})" if paper else ""
     return TableSpec(quantity, quantity, f"{QUANTITY_SYMBOLS[quantity]} ({stats.task}, run {stats.name}): "
-                     f"{_interval_phrase(stats)}{reference}", (stats,))
-
-
-# -------------------------------------------------------------------------------------------------- terminal
-
-
-def render_terminal(results: Sequence["GlobalStats"], color: bool = False, width: int | None = None) -> str:
-    """All tables of ``results`` as text (rich tables), with the legend, methods line and warnings.
-
-    ``color`` adds ANSI styles (bold cells bold, above green, below red); without it the marks carry the meaning.
-    A table that spans two runs (Table 3) is printed as one table per run to keep lines short.
-    """
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=color, color_system="standard" if color else None,
-                      width=width or 200, highlight=False, soft_wrap=False)
-    for stats in results:
-        console.print(Text(_run_header(stats)))
-    for warning in _all_warnings(results):
-        console.print(Text(f"warning: {warning}"))
-    for spec in layout_tables(results):
-        for stats in spec.parts:
-            suffix = f" — {stats.task}" if len(spec.parts) > 1 else ""
-            console.print(Text(spec.title + suffix, style="bold" if color else ""))
-            table = Table(show_lines=False)
-            table.add_column(header_label(stats), justify="left")
-            for column in stats.columns(spec.quantity):
-                table.add_column(column, justify="center")
-            frame = stats.quantity_cells(spec.quantity)
-            by_cell = {(r.feature, r.concept): r for r in frame.itertuples(index=False)}
-            for feature in stats.features:
-                row: list[Any] = [feature]
-                for column in stats.columns(spec.quantity):
-                    cell = by_cell[(feature, column)]
-                    text = mark(format_interval(cell.low, cell.high, cell.n), cell.significant, bool(cell.bold))
-                    style = "bold" if cell.bold else {"above": "green", "below": "red"}.get(cell.significant, "")
-                    row.append(Text(text, style=style))
-                table.add_row(*row)
-            console.print(table)
-    console.print(Text(LEGEND))
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip("\n")
-
-
-def _run_header(stats: "GlobalStats") -> str:
-    split = f", split {stats.options.split}" if stats.options.split else ""
-    what = "ensemble" if stats.kind == "seeds" else "run"
-    per = " per seed" if stats.kind == "seeds" else ""
-    return (f"{what} {stats.name} ({stats.task}, J = {stats.n_concepts}{split}): n = {stats.n_samples} samples{per}, "
-            f"baseline 1/J = {stats.baseline:.3f}, group {stats.options.group}, {_interval_phrase(stats)}")
-
-
-def _all_warnings(results: Sequence["GlobalStats"]) -> list[str]:
-    return [w for stats in results for w in stats.warnings]
-
-
-def summary_text(stats: "GlobalStats") -> str:
-    """Plain text: the run header, the three tables with marks, the legend and the warnings."""
-    lines = [_run_header(stats)]
-    lines += [f"warning: {w}" for w in stats.warnings]
-    for quantity in QUANTITY_ORDER:
-        lines += ["", single_spec(stats, quantity).title, interval_table(stats, quantity, marks=True).to_string()]
-    lines += ["", LEGEND]
-    return "\n".join(lines)
-
-
-# -------------------------------------------------------------------------------------------- machine formats
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe scalars: NaN/inf → None, numpy → Python."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def cell_records(stats: "GlobalStats", quantity: str | None = None) -> list[dict[str, Any]]:
-    """One JSON-safe dict per cell (all quantities, or one), with the formatted ``interval`` text."""
-    frame = stats.cells if quantity is None else stats.quantity_cells(quantity)
-    records = []
-    for row in frame.to_dict(orient="records"):
-        record = {key: _clean(value) for key, value in row.items()}
-        record["bold"] = bool(record["bold"])
-        record["n"] = int(record["n"])
-        record["units"] = int(record["units"])
-        record["interval"] = format_interval(row["low"], row["high"], int(row["n"]))
-        records.append(record)
-    return records
-
-
-def options_record(stats: "GlobalStats") -> dict[str, Any]:
-    """The options and context of a run's statistics, JSON-safe."""
-    options = stats.options
-    return {
-        "run": stats.name,
-        "run_path": str(stats.run),
-        "task": stats.task,
-        "concepts": list(stats.concepts),
-        "features": list(stats.features),
-        "J": stats.n_concepts,
-        "baseline": stats.baseline,
-        "baseline_kind": options.baseline if isinstance(options.baseline, str) else "value",
-        "level": options.level,
-        "group": options.group,
-        "interval": options.interval,
-        "correction": options.correction,
-        "split": options.split,
-        "cluster": options.cluster,
-        "kind": stats.kind,
-        "units": stats.units,
-        "seeds": (stats.meta or {}).get("seeds") if stats.kind == "seeds" else None,
-        "members": [m.name for m in stats.members] if stats.kind == "seeds" else None,
-        "bootstrap_samples": options.bootstrap_samples if options.interval == "bootstrap" else None,
-        "seed": options.seed if options.interval == "bootstrap" else None,
-        "n_samples": stats.n_samples,
-        "column_n": dict(stats.column_n),
-        "splits": dict(stats.splits),
-        "nonfinite_values_left_out": stats.nonfinite,
-        "warnings": list(stats.warnings),
-    }
-
-
-def to_json(stats: "GlobalStats", quantity: str | None = None) -> str:
-    """The options, the context and every cell (mean, std, n, se, low, high, p-values, significance, bold)."""
-    document = options_record(stats)
-    if quantity is not None:
-        document["quantity"] = quantity
-    document["methods"] = methods_paragraph(stats)
-    document["cells"] = cell_records(stats, quantity)
-    return json.dumps(document, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-
-
-def to_csv(stats: "GlobalStats", quantity: str | None = None) -> str:
-    """Long format, one row per cell, full precision; the ``interval`` column holds the printed text."""
-    frame = (stats.cells if quantity is None else stats.quantity_cells(quantity)).copy()
-    frame["interval"] = [format_interval(lo, hi, n) for lo, hi, n in zip(frame["low"], frame["high"], frame["n"])]
-    interval = "t" if stats.kind == "seeds" else stats.options.interval
-    for key, value in (("level", stats.options.level), ("group", stats.options.group), ("interval_kind", interval),
-                       ("correction", stats.options.correction)):
-        frame[key] = value
-    return frame.to_csv(index=False, lineterminator="\n")
-
-
-# -------------------------------------------------------------------------------------------- paper formats
-
-
-def _column_groups(spec: TableSpec) -> list[tuple["GlobalStats", tuple[str, ...]]]:
-    return [(stats, stats.columns(spec.quantity)) for stats in spec.parts]
-
-
-def _rows(spec: TableSpec, style: str) -> list[tuple[str, list[str]]]:
-    features = spec.parts[0].features
-    tables = [interval_table(stats, spec.quantity, marks=True, style=style) for stats in spec.parts]
-    return [(feature, [cell for table in tables for cell in table.loc[feature].tolist()]) for feature in features]
-
-
-def to_markdown(spec: TableSpec) -> str:
-    """A Markdown (GitHub) pipe table with the title as a caption line, bold cells in ``**``."""
-    groups = _column_groups(spec)
-    several = len(groups) > 1
-    header = [header_label(spec.parts[0])] + [f"{stats.task} {c}" if several else c for stats, columns in groups for c in columns]
-    lines = [f"**{spec.title}**", "", "| " + " | ".join(header) + " |", "|" + "|".join([":---"] + [":---:"] * (len(header) - 1)) + "|"]
-    for feature, cells in _rows(spec, "markdown"):
-        lines.append("| " + " | ".join([feature] + [c.replace("|", "\\|") for c in cells]) + " |")
-    first = spec.parts[0]
-    verdict = (f"Baseline 1/J = {first.baseline:.3f}. {LEGEND}." if spec.quantity != "p"
-               else f"No baseline: {_P_NOTE}.")
-    lines += ["", verdict]
-    return "\n".join(lines) + "\n"
+                     f"{interval_phrase(stats)}{reference}", (stats,))
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -353,93 +416,8 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def to_latex(spec: TableSpec) -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``); bold cells in ``\\textbf``."""
-    groups = _column_groups(spec)
-    n_columns = sum(len(columns) for _, columns in groups)
-    first = spec.parts[0]
-    title = spec.title
-    for symbol, latex in ((QUANTITY_SYMBOLS[spec.quantity], QUANTITY_LATEX[spec.quantity]),):
-        title = latex_escape(title.replace(symbol, "\x00")).replace("\x00", latex)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        (rf"\caption{{{title}. Bold: largest mean of its column with the interval above the baseline "
-         rf"$1/J = {first.baseline:.3f}$; $^{{+}}$/$^{{-}}$: interval wholly above/below the baseline.}}"
-         if spec.quantity != "p" else rf"\caption{{{title}. $\bar p_i$ is an activation: no 1/J verdict.}}"),
-        rf"\label{{tab:{latex_escape(spec.key)}}}",
-        r"\begin{tabular}{l" + "c" * n_columns + "}",
-        r"\toprule",
-    ]
-    if len(groups) > 1:
-        lines.append(" & " + " & ".join(rf"\multicolumn{{{len(columns)}}}{{c}}{{{latex_escape(stats.task)}}}"
-                                         for stats, columns in groups) + r" \\")
-        start = 2
-        rules = []
-        for _, columns in groups:
-            rules.append(rf"\cmidrule(lr){{{start}-{start + len(columns) - 1}}}")
-            start += len(columns)
-        lines.append(" ".join(rules))
-    lines.append(" & ".join([latex_escape(header_label(first))] + [latex_escape(c) for _, columns in groups for c in columns]) + r" \\")
-    lines.append(r"\midrule")
-    for feature, cells in _rows(spec, "latex"):
-        lines.append(" & ".join([latex_escape(feature)] + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-# -------------------------------------------------------------------------------------------------- methods
-
-
-def methods_paragraph(stats: "GlobalStats") -> str:
-    """A short methods paragraph: n, the formula, the baseline, the level, the group, interval and correction."""
-    options = stats.options
-    level = f"{100 * options.level:g}%"
-    alpha = 1.0 - options.level
-    from scipy.stats import norm
-
-    split = f" of split {options.split}" if options.split else ""
-    if options.group == "all":
-        who = f"n = {stats.n_samples} samples{split} of run {stats.name} ({stats.task}); every sample enters every concept column, as in the paper"
-    else:
-        kind = "true" if options.group == "label" else "predicted"
-        per = ", ".join(f"{c}: {k}" for c, k in stats.column_n.items())
-        who = (f"{stats.n_samples} samples{split} of run {stats.name} ({stats.task}); a sample enters concept j's column only "
-               f"if its {kind} label is j (n per column: {per}), and p_i is summarised per concept the same way")
-    if stats.kind == "seeds":
-        seeds = ", ".join(str(seed) for seed in (stats.meta or {}).get("seeds", []))
-        formula = (f"the between-seed Student t interval m̄ ± t_{{1−α/2, K−1}}·s/√K over K = {stats.units} models trained "
-                   f"with seeds {seeds} (m̄: mean of the seed means, s: their standard deviation), and the prediction "
-                   f"interval for a new seed m̄ ± t·s·√(1 + 1/K); each seed's means come from its run's samples")
-    elif stats.kind == "videos":
-        formula = (f"the video-clustered CLT interval mean ± z·se with z = {norm.ppf(1 - alpha / 2):.3f} and the "
-                   f"cluster-robust se of the mean over G = {stats.units} videos (statsmodels' OLS on a constant with "
-                   f"cov_type='cluster', small-sample factor G/(G−1)): segments of one video are not independent")
-    elif options.interval == "clt":
-        formula = (f"the CLT interval mean ± z·s/√n with z = z_{{1−α/2}} = {norm.ppf(1 - alpha / 2):.3f} "
-                   f"(the paper's eq. 4)")
-    elif options.interval == "t":
-        formula = "the Student t interval mean ± t_{1−α/2, n−1}·s/√n"
-    else:
-        formula = (f"the percentile bootstrap interval of the mean ({options.bootstrap_samples} resamples, "
-                   f"seed {options.seed})")
-    if options.correction == "none":
-        correction = "No multiple-comparison correction."
-    elif options.correction == "bonferroni":
-        correction = ("Bonferroni correction over the cells of each table: intervals are at level 1 − α/m "
-                      "(m = number of cells) and p-values are multiplied by m.")
-    else:
-        correction = ("Holm correction over the cells of each table: significance comes from the Holm-adjusted "
-                      "p-values of the test of mean = 1/J; the intervals shown are not adjusted.")
-    baseline = (f"uniform routing 1/J = 1/{stats.n_concepts} = {stats.baseline:.3f}" if options.baseline == "uniform"
-                else f"{stats.baseline:.3f}")
-    return (
-        f"Statistics over {who}. For each feature i and concept j we report the mean, the sample standard deviation "
-        f"s (ddof = 1) and {formula}, at level {level}, of the routing coefficient r_ij, of p_i·r_ij, and of the "
-        f"activation p_i. Baseline: {baseline}. A cell is significant if its interval lies wholly above or below "
-        f"the baseline; a cell is bold if it has the largest mean of its concept column and its interval lies above "
-        f"the baseline (the paper's rule). p_i is an activation, not a share of a feature, so its intervals carry no "
-        f"verdict. The intervals cover the variance {KIND_TEXT[stats.kind]}. {correction}"
-    )
-
+__all__ = [
+    "Cell", "ColumnGroup", "IntervalTable", "KIND_TEXT", "LEGEND", "LEGEND_PLAIN", "MARKS", "PAPER_TABLES",
+    "QUANTITY_LATEX", "QUANTITY_NAMES", "QUANTITY_ORDER", "QUANTITY_SYMBOLS", "TableSpec", "cells_csv",
+    "format_interval", "header_label", "interval_phrase", "latex_escape", "layout_tables", "mark", "single_spec", "units_text",
+]

@@ -343,7 +343,7 @@ def test_ctrl_c_keeps_best_checkpoint_and_resume_continues(tmp_path: Path) -> No
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "best checkpoint so far" in stdout
-    from interp.train import read_checkpoint
+    from interp.checkpoint import read_checkpoint
 
     kept = read_checkpoint(model)
     epochs_done = kept["resume"]["epoch"]

@@ -10,8 +10,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from interp.data import get_split, input_dims, load_dataset, seq_lens, sha256_file, targets
+from interp.data import get_split, input_dims, load_dataset, seq_lens
+from interp.pickles import sha256_file
 from interp.errors import DataError
+from interp.targets import targets
 
 MOSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmu-mosi-utterance" / "mosi_utterance.pkl"
 

@@ -106,13 +106,20 @@ def test_demo_settings() -> None:
     assert FULL.lr == 1e-3  # the paper's 1e-4 / 1e-5 are far too slow for a demo of minutes; the report says so
 
 
-def test_demo_restores_torch_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_threads_are_set_for_the_block_and_restored() -> None:
+    """`run_demo` runs inside `interp.devices.threads(threads, device)`: the count holds inside, and torch's own
+    setting comes back afterwards, also when the block fails."""
     import torch
 
-    import interp.demo as demo
+    from interp.devices import threads
 
-    seen: list[int] = []
-    monkeypatch.setattr(demo, "_run_demo", lambda *args: seen.append(torch.get_num_threads()) or tmp_path)
     before = torch.get_num_threads()
-    assert demo.run_demo(tmp_path, quick=True, device="cpu", progress=False) == tmp_path
-    assert seen == [1] and torch.get_num_threads() == before
+    other = 2 if before == 1 else 1
+    with threads(other, "cpu"):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), threads(other, "cpu"):
+        raise RuntimeError("a failing demo step")
+    assert torch.get_num_threads() == before
+    with threads(None, "cpu"):
+        assert torch.get_num_threads() == before

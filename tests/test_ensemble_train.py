@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.checkpoint import load_checkpoint, read_checkpoint
 from interp.ensemble_train import train_vectorised
 from interp.errors import InterpError
-from interp.train import load_checkpoint, read_checkpoint, train
+from interp.train import train
 
 SEEDS = [0, 1, 2]
 # lr 3e-3 with patience 1 makes the three seeds stop early at different epochs (2, 4 and 3 here).

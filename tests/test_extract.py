@@ -15,7 +15,7 @@ from interp.cli import main
 from interp.data import load_dataset
 from interp.extract import extract
 from interp.schema import FEATURES
-from interp.train import load_checkpoint
+from interp.checkpoint import load_checkpoint
 
 
 def test_round_trip(extracted_run: Path, trained_checkpoint: Path, synth_data: Path) -> None:

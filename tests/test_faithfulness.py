@@ -25,7 +25,7 @@ from interp.faithfulness import (
     shapley_values,
 )
 from interp.model import ModelConfig, RoutingModel, route
-from interp.train import load_checkpoint
+from interp.checkpoint import load_checkpoint
 
 #: Margin of the planted-data test: (a) − (d) AOPC of logit j* measured 0.41–0.66 (lower interval ends 0.38–0.60)
 #: over training seeds 0–3 × random-order seeds 0–2 of the suite's model settings; 0.25 leaves room below the lowest.
@@ -221,7 +221,7 @@ def test_randomised_models_leave_the_model_and_global_rng_alone(trained_checkpoi
 
 def test_uniform_routing_metrics_match_an_independent_gam_head(result, features) -> None:
     from interp.metrics import task_metrics
-    from interp.data import targets
+    from interp.targets import targets
 
     loaded, split, _, f, p = features
     with torch.inference_mode():

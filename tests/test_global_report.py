@@ -212,11 +212,15 @@ def test_two_tasks_are_laid_out_as_tables_3_to_7(tmp_path: Path) -> None:
 
 
 def test_cli_global_writes_files_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run, _ = make_run(tmp_path / "sent", "sentiment", 40, seed=6, planted=True)
+    run, arrays = make_run(tmp_path / "sent", "sentiment", 40, seed=6, planted=True)
     code = main(["global", "--run", str(run), "--out", str(tmp_path / "out"), "--group", "label", "--correction", "holm"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "(" in printed and "global report written to" in printed and "nan" not in printed.lower()
+    own = arrays["targets"] == 0  # --group label: column -3 holds the samples labelled -3 (Holm leaves intervals as they are)
+    g = golden(arrays["r"][own, FEATURES.index("ta"), 0])
+    ta_line = next(line for line in printed.splitlines() if line.strip("│ ").startswith("ta "))
+    assert f"({g['low']:.3f}, {g['high']:.3f})" in ta_line
+    assert f"global report written to {tmp_path / 'out' / 'global.html'}" in printed and "nan" not in printed.lower()
     assert (tmp_path / "out" / "global.html").is_file() and (tmp_path / "out" / "global_r.tex").is_file()
     assert json.loads((tmp_path / "out" / "global.json").read_text())["correction"] == "holm"
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from interp.errors import InterpError
-from interp.report import PAPER_LR, related_features, run_report
+from interp.report import related_features, run_report
 from interp.runwriter import RunBatch, write_run
 from interp.schema import FEATURES, TASK_CONCEPTS
 
@@ -295,12 +295,6 @@ def test_model_card_records_the_run(extracted_run: Path, report: Path) -> None:
 def test_related_features_nest() -> None:
     assert related_features("t", "ta") and related_features("tav", "av") and related_features("ta", "t")
     assert not related_features("t", "t") and not related_features("t", "av") and not related_features("ta", "av")
-
-
-def test_paper_learning_rates_match_training_defaults() -> None:
-    from interp.train import DEFAULT_LR
-
-    assert PAPER_LR == DEFAULT_LR
 
 
 def test_default_run_and_folder(extracted_run: Path, tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from interp.model import Attention, ModelConfig, RoutingModel
+from interp.encoders import Attention
+from interp.model import ModelConfig, RoutingModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from _old_encoders import OldCrossModalEncoder, OldSelfAttentionEncoder, old_model  # noqa: E402
@@ -117,7 +118,7 @@ def test_old_configs_keep_their_encoder_dropout() -> None:
 
 def test_cli_dropout_flags_reach_the_checkpoint(synth_data: Path, tmp_path: Path) -> None:
     from interp.cli import main
-    from interp.train import read_checkpoint
+    from interp.checkpoint import read_checkpoint
 
     out = tmp_path / "m.pt"
     code = main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--d-model", "8",

@@ -31,6 +31,8 @@ from interp.stats import (
     mark_bold,
     significance,
 )
+from interp.stats_outputs import summary_text
+from interp.tables import IntervalTable
 
 #: z_{0.975} to full double precision. (The issue's 1.959964 is this rounded to 7 digits; it differs by 1.5e-8,
 #: i.e. by 1.5e-8·s/√n in an interval end, so it is checked separately at that tolerance.)
@@ -533,9 +535,9 @@ def test_single_sample_gives_no_interval_and_a_warning(tmp_path: Path) -> None:
     assert stats.cells["std"].isna().all() and stats.cells["low"].isna().all()
     assert (stats.cells["significant"] == "").all() and not stats.cells["bold"].any()
     assert any("n=1" in w for w in stats.warnings)
-    table = stats.table("r")
+    table = IntervalTable.from_stats(stats, "r").as_frame()
     assert (table == "n=1").all().all()
-    assert "nan" not in stats.summary().lower()
+    assert "nan" not in summary_text(stats).lower()
 
 
 def test_constant_column_has_zero_width(tmp_path: Path) -> None:
@@ -548,7 +550,7 @@ def test_constant_column_has_zero_width(tmp_path: Path) -> None:
     assert cell["significant"] == "above" and cell["p_value"] == 0.0
     flat = stats.cells.query("quantity == 'r' and feature == 'a' and concept == '-2'").iloc[0]
     assert flat["std"] == 0 and flat["p_value"] == (1.0 if float(np.float32(1 / 7)) == 1 / 7 else 0.0)
-    assert stats.table("r").loc["t", "-3"] == "(0.300, 0.300)"
+    assert IntervalTable.from_stats(stats, "r").as_frame().loc["t", "-3"] == "(0.300, 0.300)"
     assert not stats.cells[["mean", "low", "high"]].isna().any().any()
 
 
@@ -556,7 +558,7 @@ def test_empty_group_column_shows_n0(tmp_path: Path) -> None:
     arrays = make_arrays("sentiment", 40, seed=6)
     arrays["targets"] = np.where(arrays["targets"] == 0, 1, arrays["targets"])  # nobody has label -3
     stats = compute_global_stats(write_arrays(tmp_path / "gap", "sentiment", arrays), StatsOptions(group="label"))
-    assert (stats.table("r")["-3"] == "n=0").all()
+    assert (IntervalTable.from_stats(stats, "r").as_frame()["-3"] == "n=0").all()
     assert stats.column_n["-3"] == 0
     assert any("-3" in w and "n=0" in w for w in stats.warnings)
     assert not stats.values("r", "bold")["-3"].any()

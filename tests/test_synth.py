@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.errors import InterpError
-from interp.schema import FEATURES, MODALITIES, TASK_CONCEPTS
+from interp.schema import FEATURE_MODALITIES as SCHEMA_MODALITIES
+from interp.schema import FEATURE_NAMES, FEATURES, MODALITIES, TASK_CONCEPTS, related_features
 from interp.synth import synthesize, write_synthetic
+from interp.targets import targets
 
 SMALL = {"n_train": 600, "n_valid": 100, "n_test": 150}
 # Modalities (indices into MODALITIES) that each feature combines, written out independently of the code.
@@ -146,3 +148,16 @@ def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(InterpError) as info:
         synthesize(**{"n_train": 5, "n_valid": 2, "n_test": 2, **kwargs})
     assert "\n" not in str(info.value)
+
+
+def test_feature_modalities_agree_with_the_feature_names() -> None:
+    """The one feature→modality map (planting here, the model's cross-modal pairs, the report's related features)
+    says what the long names say: ``vt`` is vision+text = (2, 0); features nest when one's modalities hold the other's."""
+    assert list(SCHEMA_MODALITIES) == list(FEATURES)
+    for feature in FEATURES:
+        assert SCHEMA_MODALITIES[feature] == tuple(MODALITIES.index(m) for m in FEATURE_NAMES[feature].split("+"))
+        assert set(SCHEMA_MODALITIES[feature]) == set(FEATURE_MODALITIES[feature])  # this file's own map
+    nested = {(a, b) for a in FEATURES for b in FEATURES if related_features(a, b)}
+    assert ("t", "ta") in nested and ("ta", "tav") in nested and ("vt", "t") in nested
+    assert ("t", "av") not in nested and ("ta", "av") not in nested and ("t", "t") not in nested
+    assert all((b, a) in nested for a, b in nested)

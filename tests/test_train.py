@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from interp import train as train_module
+from interp.checkpoint import load_checkpoint, read_checkpoint
 from interp.cli import main
-from interp.data import load_dataset, targets
+from interp.data import load_dataset
 from interp.evaluate import evaluate
+from interp.inference import predict_logits
 from interp.metrics import sentiment_classes
-from interp.train import load_checkpoint, predict_logits, read_checkpoint, train
+from interp.targets import targets
+from interp.train import train
 
 TINY = dict(task="sentiment", batch_size=32, lr=1e-3, seed=0, device="cpu", d_model=16, n_heads=2, n_layers=1,
             progress=False)
@@ -54,27 +56,20 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(trained_check
     assert float(loss) == pytest.approx(raw["train"]["valid_loss"], rel=1e-5)
 
 
-def test_interrupt_keeps_best_and_resume_matches_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_keeps_best_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
     from interp.synth import write_synthetic
 
     synth_data = write_synthetic(tmp_path / "small.pkl", n_train=160, n_valid=40, n_test=40, seed=1).data_path
     straight = train(synth_data, tmp_path / "straight.pt", epochs=3, **TINY)
-    original = train_module.split_metrics
-    calls = {"n": 0}
 
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
+    def interrupt(row: dict[str, float]) -> None:  # Ctrl-C once epoch 1 is written
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "split_metrics", interrupted)
     out = tmp_path / "resumed.pt"
     with pytest.raises(KeyboardInterrupt):
-        train(synth_data, out, epochs=3, **TINY)
+        train(synth_data, out, epochs=3, on_epoch=interrupt, **TINY)
     kept = read_checkpoint(out)
     assert kept["train"]["epochs_run"] == 1 and kept["resume"]["epoch"] == 1
-    monkeypatch.setattr(train_module, "split_metrics", original)
     resumed = train(synth_data, out, epochs=3, resume=True, **TINY)
     assert resumed.epochs_run == 3
     a = read_checkpoint(tmp_path / "straight.pt")["state_dict"]

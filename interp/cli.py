@@ -82,7 +82,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-#: --help text of --threads (train, eval, extract, demo).
+#: --help text of --threads (train, eval, extract, faithfulness, demo).
 THREADS_HELP = (
     "CPU threads torch uses inside each operation (default: all the cores torch sees). On a machine shared with "
     "other jobs use 1, or the cores divided by the jobs running: busy threads waiting on each other can make "
@@ -299,11 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument("--out", type=Path, default=None,
                        help="output folder (default: the run folder, else reports/<checkpoint>-<split>-faithfulness/)")
     faith.add_argument("--repeats", type=_positive_int, default=20, help="random deletion orders per sample")
-    faith.add_argument("--seed", type=int, default=0, help="seed of random orders, bootstrap and re-initialisation")
+    faith.add_argument("--seed", type=seed_arg, default=0, help="seed of random orders, bootstrap and re-initialisation")
     faith.add_argument("--level", type=_probability, default=0.95)
-    faith.add_argument("--bootstrap-samples", type=_positive_int, default=1000)
+    faith.add_argument("--bootstrap-samples", type=bootstrap_samples_arg, default=1000)
     faith.add_argument("--batch-size", type=_positive_int, default=64)
     faith.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    faith.add_argument("--threads", type=_positive_int, default=None, help=THREADS_HELP)
     faith.add_argument("--quiet", action="store_true", help="no progress bar")
     faith.set_defaults(func=cli_commands.cmd_faithfulness)
 

@@ -204,6 +204,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_faithfulness(args: argparse.Namespace) -> int:
     from interp.faithfulness import run_faithfulness
 
+    _set_threads(args)
     result = run_faithfulness(
         args.ckpt, data=args.data, split=args.split, run=args.run, out=args.out, device=args.device,
         batch_size=args.batch_size, repeats=args.repeats, seed=args.seed, level=args.level,

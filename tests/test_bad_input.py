@@ -557,6 +557,8 @@ def test_hostile_values_at_the_boundary(trained_checkpoint: Path, tmp_path: Path
         ("--n-train", str(10**11), ["data", "synth", "--out", str(tmp_path / "s.pkl")]),
         ("--seed", str(2**70), ["train", "--data", str(planted), "--out", str(model)]),
         ("--seed", "-1", ["global"]),
+        ("--bootstrap-samples", str(10**12), ["faithfulness", "--ckpt", str(trained_checkpoint)]),
+        ("--seed", str(2**70), ["faithfulness", "--ckpt", str(trained_checkpoint)]),
         ("--lr", "inf", ["train", "--data", str(planted), "--out", str(model)]),
         ("--num-workers", "100000", ["extract", "--ckpt", str(trained_checkpoint), "--out", str(tmp_path / "r")]),
         ("--d-model", str(2**20), ["train", "--data", str(mult_pickle(tmp_path / "g.pkl")), "--out", str(model),

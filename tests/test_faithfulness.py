@@ -241,7 +241,7 @@ def test_cli_writes_json_tables_and_report_section(trained_checkpoint: Path, ext
     run = tmp_path / "run"
     shutil.copytree(extracted_run, run)
     code, out, err = _cli("faithfulness", "--ckpt", str(trained_checkpoint), "--run", str(run), "--quiet",
-                          "--bootstrap-samples", "50", "--device", "cpu")
+                          "--bootstrap-samples", "100", "--device", "cpu")
     assert code == 0, err
     summary = json.loads((run / "faithfulness.json").read_text())
     assert summary["checks"]["identity"]["max_abs_logit_vs_run"] < 1e-5

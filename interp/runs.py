@@ -120,14 +120,6 @@ def check_run(run: Path | str) -> dict[str, Any]:
     return meta
 
 
-def has_videos(run: Path | str) -> bool:
-    """True if the run's samples table records each sample's ``video`` (runs extracted before it was added
-    do not: video-clustered statistics are then impossible)."""
-    import pyarrow.parquet as pq
-
-    return all("video" in pq.read_schema(path).names for path in samples_files(run))
-
-
 @dataclass(frozen=True)
 class RunInfo:
     """What a run directory holds, from its meta.json (read once, checked by :func:`interp.guard.check_meta`).

@@ -19,7 +19,8 @@ from interp.cli import main
 from interp.data import load_dataset
 from interp.errors import InterpError
 from interp.extract_many import expand_checkpoints, extract_many
-from interp.runs import check_run, has_videos
+from interp.runreader import has_column
+from interp.runs import check_run
 from interp.seeds import format_seeds, parse_seeds, seed_checkpoint, train_seeds
 
 TINY = dict(task="sentiment", epochs=2, batch_size=64, lr=1e-3, device="cpu", d_model=8, n_heads=2, n_layers=1,
@@ -234,7 +235,7 @@ def test_video_ids_from_other_layouts(tmp_path: Path) -> None:
 def test_extracted_run_records_videos(extracted_run: Path, synth_data: Path) -> None:
     samples = pd.read_parquet(extracted_run / "samples.parquet")
     test = load_dataset(synth_data).splits["test"]
-    assert has_videos(extracted_run)
+    assert has_column(extracted_run, "video")
     assert list(samples.columns[:2]) == ["sample_id", "video"]
     assert dict(zip(samples["sample_id"], samples["video"])) == dict(zip(test.ids, test.videos))
     meta = json.loads((extracted_run / "meta.json").read_text())
@@ -248,7 +249,7 @@ def test_old_run_without_video_still_opens(extracted_run: Path, tmp_path: Path) 
     shutil.copytree(extracted_run, old)
     table = pq.read_table(old / "samples.parquet")
     pq.write_table(table.drop(["video"]), old / "samples.parquet")
-    assert not has_videos(old)
+    assert not has_column(old, "video")
     check_run(old)
     new_cells = compute_global_stats(extracted_run, StatsOptions()).cells.drop(columns="run", errors="ignore")
     old_cells = compute_global_stats(old, StatsOptions()).cells.drop(columns="run", errors="ignore")

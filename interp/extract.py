@@ -19,7 +19,7 @@ import torch
 from interp import distributed
 from interp.devices import resolve_device
 from interp.errors import InterpError
-from interp.extraction import compilable, iterate_batches, open_writer, prepare, run_meta
+from interp.extraction import iterate_batches, open_writer, prepare, run_meta
 from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, check_target, finalize_run, make_temp_dir
@@ -67,7 +67,7 @@ def extract(
     model = torch.compile(loaded.model) if compile else loaded.model
     writer = open_writer(loaded, source, out_dir, force, row_group_rows)
     started = time.perf_counter()
-    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar, compilable(compile):
+    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar:
         for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
             writer.write(batch)
             bar.advance(batch.size)
@@ -136,7 +136,7 @@ def _extract_distributed(
             started = time.perf_counter()
             description = f"extract {source.name} (rank 0 of {world.size})"
             bar_context = progress_bar(len(sampler), description, enabled=progress and world.is_main, unit="samples")
-            with writer, bar_context as bar, compilable(compile):
+            with writer, bar_context as bar:
                 batches = iterate_batches(
                     loaded, source, torch_device, batch_size, num_workers, amp, model=model, sampler=sampler
                 )

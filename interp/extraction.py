@@ -9,7 +9,7 @@ each sample's logits, p_i (7,), r_ij (7, J) and contributions p_i r_ij <o_j, f_i
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,24 +109,6 @@ class _Batch(tuple):
 
     def __new__(cls, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, index: torch.Tensor) -> "_Batch":
         return super().__new__(cls, (text, audio, vision, index))
-
-
-@contextmanager
-def compilable(active: bool) -> Iterator[None]:
-    """With ``torch.compile``, turn off PyTorch's fused TransformerEncoderLayer fast path while extracting.
-
-    Its fake kernel (``aten._transformer_encoder_layer_fwd``) gets the strides of the model's transposed embeddings
-    wrong and compilation fails; inductor fuses the layers itself, so nothing is lost. Restored afterwards.
-    """
-    if not active:
-        yield
-        return
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _collate(items: "_Batch | list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]") -> tuple[torch.Tensor, ...]:

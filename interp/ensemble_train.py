@@ -6,17 +6,20 @@ passes as batched operations. Every seed keeps what a separate ``interp.train.tr
 
 * its initial weights (``torch.manual_seed(s)`` before building the model, as ``train`` does);
 * its data order (the same per-epoch permutation as ``train``);
-* its own dropout masks (``vmap(randomness="different")``);
+* its own concept-dropout masks, drawn from a generator per seed that continues the stream ``train(seed=s)``
+  draws them from (:func:`interp.model.concept_dropout_noise`), so the masks are the same;
 * its gradient clipping (the norm over *its* parameters only);
 * its Adam state (Adam is element-wise, so one Adam over the stacked tensors is K Adams);
 * its early stopping: a seed whose validation loss has not improved for ``patience`` epochs leaves the stack
   (its slice of the weights and of the Adam state is dropped), the others go on;
-* its checkpoint, written after every epoch in the format of ``train`` (``--resume`` and ``interp extract``
-  read it as if ``train`` had written it).
+* its checkpoint, written after every epoch in the format of ``train`` with the seed's own random state
+  (``--resume`` and ``interp extract`` read it as if ``train`` had written it).
 
-With every dropout at 0 the K results equal K separate ``train`` runs up to floating-point order (tested).
-With dropout the masks are drawn from a different random stream than a separate run's, so the result is
-another draw of the same training, not the same numbers.
+With the encoder dropouts at 0 (the default, the authors' released run) the K results equal K separate ``train``
+runs up to floating-point order (tested with concept dropout on). Encoder dropouts above 0 draw their masks per
+seed through ``vmap(randomness="different")``, from another stream than a separate run's: the result is then
+another draw of the same training, not the same numbers, and :func:`interp.seeds.train_seeds` does not pick this
+engine by itself.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +38,17 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from interp import guard
 from interp.checkpoint import cpu_state, save_checkpoint
-from interp.data import Dataset, Split, get_split, input_dims, load_dataset
+from interp.data import Dataset, Split, get_split, load_dataset
 from interp.devices import resolve_device
 from interp.errors import InterpError
-from interp.metrics import HEADLINE, task_metrics
-from interp.model import ModelConfig, RoutingModel
+from interp.model import RoutingModel, concept_dropout_noise
 from interp.progress import progress_bar
-from interp.schema import DEFAULT_LR, SINGLE_LABEL_TASKS, VARIANTS, concept_names
+from interp.schema import SINGLE_LABEL_TASKS, concept_names
+from interp.metrics import task_metrics
 from interp.targets import targets
-from interp.train import TrainResult, loss_function, split_tensors
+from interp.train import TrainOptions, TrainResult, check_outputs, loss_function, split_tensors
 
 __all__ = ["train_vectorised"]
 
@@ -53,89 +57,73 @@ def train_vectorised(
     data_path: Path | str,
     out_paths: Sequence[Path | str],
     seeds: Sequence[int],
+    options: TrainOptions | None = None,
     *,
-    task: str = "sentiment",
-    variant: str = "routing",
-    epochs: int = 30,
-    batch_size: int = 32,
-    lr: float | None = None,
-    patience: int = 8,
-    device: str = "auto",
-    d_model: int = 32,
-    n_heads: int = 4,
-    n_layers: int = 2,
-    d_feature: int = 64,
-    d_concept: int = 64,
-    concept_dropout: float = 0.5,
-    embed_dropout: float = 0.0,
-    attn_dropout: float = 0.0,
-    relu_dropout: float = 0.0,
-    res_dropout: float = 0.0,
-    grad_clip: float = 1.0,
     progress: bool = True,
     dataset: Dataset | None = None,
+    format: str | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_stop: Callable[[int], None] | None = None,
+    **kwargs: Any,
 ) -> list[TrainResult]:
     """Train one model per seed (``seeds[k]`` -> checkpoint ``out_paths[k]``) as one vectorised model.
 
-    Takes the keyword arguments of :func:`interp.train.train` (except ``seed``, ``out`` and ``resume``) with the
-    same meaning and defaults; returns one :class:`~interp.train.TrainResult` per seed, in the order given.
+    ``options``: a :class:`~interp.train.TrainOptions`, or its fields as keyword arguments (the options of
+    :func:`interp.train.train` except ``seed``, ``out`` and ``resume``). ``on_epoch(seed, row)`` is called after
+    each epoch of each seed with its history row; ``on_stop(seed)`` when a seed stops early. Returns one
+    :class:`~interp.train.TrainResult` per seed, in the order given. Padded data is refused (masks are per
+    sample, the batched encoders do not take them yet).
     """
     started = time.perf_counter()
+    if options is None:
+        options = TrainOptions.from_kwargs(**kwargs)
+    elif kwargs:
+        raise InterpError(f"pass the training options either as options= or as keywords, not both ({', '.join(kwargs)})")
     outs = [Path(p) for p in out_paths]
-    seeds = [int(s) for s in seeds]
+    seeds = [guard.check_seed(s) for s in seeds]
     if not seeds or len(seeds) != len(outs):
         raise InterpError(f"give one output path per seed (got {len(seeds)} seeds and {len(outs)} paths)")
     if len(set(seeds)) != len(seeds) or len({p.resolve() for p in outs}) != len(outs):
         raise InterpError("seeds and output paths must be distinct")
-    if variant not in VARIANTS:
-        raise InterpError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     for out in outs:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.is_dir():
-            raise InterpError(f"output {out} is a folder; pass a file name such as {out / 'model.pt'}")
-    dataset = dataset if dataset is not None else load_dataset(data_path)
+        check_outputs(out, Path(dataset.path if dataset is not None else data_path), resume=False)
+    dataset = dataset if dataset is not None else load_dataset(data_path, format=format)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
     if any(getattr(s, "lengths", None) is not None for s in (train_split, valid_split)):
         raise InterpError("padded sequences are not supported by the vectorised engine yet; train the seeds one by one")
-    torch_device = resolve_device(device)
-    learning_rate = lr if lr is not None else DEFAULT_LR[task]
-    config = ModelConfig(  # validates every value, dropouts included
-        task=task, variant=variant, input_dims=input_dims(train_split), n_concepts=len(concept_names(task)),
-        d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_feature=d_feature, d_concept=d_concept,
-        concept_dropout=concept_dropout, embed_dropout=embed_dropout, attn_dropout=attn_dropout,
-        relu_dropout=relu_dropout, res_dropout=res_dropout,
-    )
+    task, batch_size, epochs, patience = options.task, options.batch_size, options.epochs, options.patience
+    torch_device = resolve_device(options.device)
+    learning_rate = options.learning_rate
+    config = options.model_config(train_split)
 
-    models = []
+    models, noise_generators = [], []
     for seed in seeds:
         torch.manual_seed(seed)  # the initial weights of train(seed=seed)
         models.append(RoutingModel(config).to(torch_device))
+        noise_generators.append(_continued_generator(seed, torch_device))
     names = [name for name, _ in models[0].named_parameters()]
     params, buffers = stack_module_state(models)  # name -> (K, ...) leaves
     base = copy.deepcopy(models[0]).to("meta")
     shells = [_Shell(m.cpu(), learning_rate) for m in models]  # per-seed model + Adam, only to write checkpoints
     optimizer = torch.optim.Adam([params[n] for n in names], lr=learning_rate)
 
-    def logits_of(p: dict[str, Tensor], b: dict[str, Tensor], text: Tensor, audio: Tensor, vision: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (text, audio, vision)).logits
+    def logits_of(p: dict[str, Tensor], b: dict[str, Tensor], text: Tensor, audio: Tensor, vision: Tensor,
+                  noise: Tensor | None) -> Tensor:
+        return functional_call(base, (p, b), (text, audio, vision), {"concept_noise": noise}).logits
 
     # per seed: its weights, batch and dropout masks; for validation every seed sees the same batch
-    train_logits = _quiet(vmap(logits_of, randomness="different"))
-    eval_logits = _quiet(vmap(logits_of, in_dims=(0, 0, None, None, None)))
+    p_concept = config.concept_dropout
+    train_logits = _quiet(vmap(logits_of, in_dims=(0, 0, 0, 0, 0, 0 if p_concept > 0 else None),
+                               randomness="different"))
+    eval_logits = _quiet(vmap(logits_of, in_dims=(0, 0, None, None, None, None)))
 
     text, audio, vision, target = split_tensors(train_split, task)
     generator = torch.Generator()
     n_batches = math.ceil(train_split.n / batch_size)
-    headline, _ = HEADLINE[task]
     active = list(range(len(seeds)))  # positions (into seeds) still training, in stack order
     states = [_SeedState() for _ in seeds]
-    settings = [
-        {"epochs": epochs, "batch_size": batch_size, "lr": learning_rate, "patience": patience, "seed": seed,
-         "grad_clip": grad_clip, "optimizer": "Adam", "selection": "validation loss",
-         "engine": f"vectorised ({len(seeds)} seeds in one process)"}
-        for seed in seeds
-    ]
-    torch.manual_seed(seeds[0])  # the dropout stream of the ensemble
+    engine = f"vectorised ({len(seeds)} seeds in one process)"
+    settings = [options.settings(seed, engine=engine) for seed in seeds]
     for epoch in range(1, epochs + 1):
         orders = []
         for k in active:
@@ -149,18 +137,27 @@ def train_vectorised(
                           unit="batches") as bar:
             for index in range(n_batches):
                 batch = order[:, index * batch_size : (index + 1) * batch_size]  # (K, b)
+                noise = None
+                if p_concept > 0:  # each seed's masks from its own stream, as train(seed) draws them
+                    shape = (batch.shape[1], config.n_concepts, config.d_concept)
+                    noise = torch.stack([concept_dropout_noise(shape, p_concept, torch_device, noise_generators[k])
+                                         for k in active])
                 logits = train_logits(
                     params, buffers, text[batch].to(torch_device), audio[batch].to(torch_device),
-                    vision[batch].to(torch_device),
+                    vision[batch].to(torch_device), noise,
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
-                if not torch.isfinite(losses).all():
+                finite = torch.isfinite(losses)
+                if not bool(finite.all()):
+                    bad = [seeds[active[i]] for i in range(len(active)) if not bool(finite[i])]
                     raise InterpError(
-                        f"the training loss became non-finite at epoch {epoch}; lower --lr or check the data"
+                        f"training stopped: the training loss of seed {', '.join(map(str, bad))} became non-finite at "
+                        f"epoch {epoch} with learning rate {learning_rate:g}; every seed's checkpoint of its best "
+                        f"epoch so far is kept; try a lower --lr (e.g. {learning_rate / 10:g}) or check the data"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # seed k's parameters get exactly d loss_k
-                _clip_per_seed([params[n] for n in names], grad_clip)
+                _clip_per_seed([params[n] for n in names], options.grad_clip)
                 optimizer.step()
                 totals += losses.detach().cpu() * batch.shape[1]
                 seen += batch.shape[1]
@@ -169,6 +166,12 @@ def train_vectorised(
         for position, k in enumerate(active):
             state = states[k]
             valid_loss, valid_metrics = _metrics(task, valid_logits[position], valid_split)
+            if not math.isfinite(valid_loss):
+                raise InterpError(
+                    f"training stopped: the validation loss of seed {seeds[k]} became {valid_loss} at epoch {epoch} "
+                    f"with learning rate {learning_rate:g}; every seed's checkpoint of its best epoch so far is "
+                    f"kept; try a lower --lr (e.g. {learning_rate / 10:g}) or check the data"
+                )
             state.history.append(
                 {"epoch": epoch, "train_loss": float(totals[position]) / seen, "valid_loss": valid_loss,
                  **valid_metrics}
@@ -181,14 +184,21 @@ def train_vectorised(
                 state.stale = 0
             else:
                 state.stale += 1
-            state.epochs_run = epoch
-            save_checkpoint(outs[k], shell.model, shell.optimizer, config, settings[k], dataset, state.best, state.stale,
-                  state.history, epoch)
+            with torch.random.fork_rng(devices=[]):  # the checkpoint records this seed's random state, as train's
+                if noise_generators[k].device.type == "cpu":
+                    torch.set_rng_state(noise_generators[k].get_state())
+                save_checkpoint(outs[k], shell.model, shell.optimizer, config, settings[k], dataset, state.best,
+                                state.stale, state.history, epoch)
+            if on_epoch is not None:
+                on_epoch(seeds[k], state.history[-1])
         if progress:
             print(f"epoch {epoch}: " + ", ".join(
                 f"seed {seeds[k]} valid loss {states[k].history[-1]['valid_loss']:.4f}" for k in active), flush=True)
         keep = [position for position, k in enumerate(active) if states[k].stale < patience]
         if len(keep) < len(active):  # early stopping: the stopped seeds leave the stack
+            for position, k in enumerate(active):
+                if position not in keep and on_stop is not None:
+                    on_stop(seeds[k])
             if not keep:
                 break
             params, optimizer = _select(params, optimizer, names, keep, learning_rate)
@@ -199,12 +209,23 @@ def train_vectorised(
     n_parameters = models[0].n_parameters()
     return [
         TrainResult(
-            checkpoint=outs[k], task=task, variant=variant, best_epoch=int(s.best["epoch"]), epochs_run=len(s.history),
-            valid_loss=float(s.best["loss"]), valid_metrics=dict(s.best["metrics"]), seconds=seconds,
-            n_parameters=n_parameters, device=str(torch_device), history=s.history,
+            checkpoint=outs[k], task=task, variant=options.variant, best_epoch=int(s.best["epoch"]),
+            epochs_run=len(s.history), valid_loss=float(s.best["loss"]), valid_metrics=dict(s.best["metrics"]),
+            seconds=seconds, n_parameters=n_parameters, device=str(torch_device), history=s.history,
         )
         for k, s in enumerate(states)
     ]
+
+
+def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator in the state torch's global generator of ``device`` has in ``train(seed=seed)`` when the
+    first dropout mask is drawn: just after the model was built (called right after building it)."""
+    generator = torch.Generator(device=device)
+    if device.type == "cpu":
+        generator.set_state(torch.get_rng_state())  # manual_seed(seed), then the model's initialisation
+    else:
+        generator.manual_seed(seed)  # the model is initialised on the CPU: the device's stream is untouched
+    return generator
 
 
 def _quiet(fn: Any) -> Any:
@@ -306,7 +327,7 @@ def _predict(
         stop = min(start + batch_size, split.n)
         batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device)
                  for a in (split.text, split.audio, split.vision)]
-        outputs.append(eval_logits(detached, buffers, *batch).float().cpu().numpy())
+        outputs.append(eval_logits(detached, buffers, *batch, None).float().cpu().numpy())
     return np.concatenate(outputs, axis=1)
 
 

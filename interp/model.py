@@ -26,7 +26,7 @@ from interp.encoders import CrossModalEncoder, ModalityEmbedding, SelfAttentionE
 from interp.errors import CheckpointError, InterpError
 from interp.schema import FEATURE_MODALITIES, FEATURES, VARIANTS
 
-__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "route"]
+__all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "concept_dropout_noise", "route"]
 
 N_FEATURES = len(FEATURES)
 
@@ -254,6 +254,19 @@ _CROSS_PAIRS: dict[str, tuple[int, int]] = {
 }
 
 
+def concept_dropout_noise(
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str, generator: torch.Generator | None = None
+) -> Tensor:
+    """The multiplier of concept dropout: ``(B, J, d_c)`` float32 of 0 (probability ``p``) and ``1 / (1 - p)``.
+
+    Drawn as ``nn.Dropout`` draws it on the CPU (``bernoulli_(1 - p)`` then ``/ (1 - p)``), from ``generator``
+    or torch's global generator. One function for every training path, so that K seeds trained at once
+    (:mod:`interp.ensemble_train`, one generator per seed) draw exactly the masks of K separate trainings.
+    """
+    noise = torch.empty(shape, device=device)
+    return noise.bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+
+
 class RoutingModel(nn.Module):
     """Multimodal Routing: encoders -> seven features (f_i, p_i) -> routing -> concept logits.
 
@@ -287,7 +300,6 @@ class RoutingModel(nn.Module):
         # Routing weights W_ij (7, d_f, J, d_c) and concept read-outs o_j (J, d_c).
         self.W = nn.Parameter(torch.randn(N_FEATURES, c.d_feature, c.n_concepts, c.d_concept) / math.sqrt(c.d_feature))
         self.o = nn.Parameter(torch.randn(c.n_concepts, c.d_concept) / math.sqrt(c.d_concept))
-        self.concept_dropout = nn.Dropout(c.concept_dropout)
 
     def n_parameters(self) -> int:
         """Number of scalar parameters."""
@@ -338,11 +350,19 @@ class RoutingModel(nn.Module):
             return self._heads(h.float())
 
     def forward(
-        self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
+        self,
+        text: Tensor,
+        audio: Tensor,
+        vision: Tensor,
+        lengths: Tensor | None = None,
+        padding: str = "end",
+        concept_noise: Tensor | None = None,
     ) -> RoutingOutput:
         """``text (B, T_t, d_t), audio (B, T_a, d_a), vision (B, T_v, d_v) -> RoutingOutput`` (float32).
 
         ``lengths (B, 3)`` real steps per modality and ``padding`` side, or None for full length.
+        ``concept_noise (B, J, d_c)``: the concept-dropout multiplier used in training mode (see
+        :func:`concept_dropout_noise`); None draws it from torch's global generator. Ignored in eval mode.
         """
         h = self.encode(text, audio, vision, lengths, padding)
         with torch.autocast(device_type=h.device.type, enabled=False):
@@ -350,6 +370,12 @@ class RoutingModel(nn.Module):
             W = self.W.float()
             o = self.o.float()
             concepts, r, votes = route(f, p, W, self.config.iterations)
-            logits = torch.einsum("bjc,jc->bj", self.concept_dropout(concepts), o)
+            if self.training and self.config.concept_dropout > 0:
+                if concept_noise is None:
+                    concept_noise = concept_dropout_noise(concepts.shape, self.config.concept_dropout, concepts.device)
+                concepts_used = concepts * concept_noise
+            else:
+                concepts_used = concepts
+            logits = torch.einsum("bjc,jc->bj", concepts_used, o)
             contributions = p.unsqueeze(-1) * r * (votes * o).sum(-1)  # p_i r_ij <o_j, u_ij>
         return RoutingOutput(logits=logits, p=p, r=r, contributions=contributions)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -91,6 +91,103 @@ def split_metrics(model: RoutingModel, split: Split, task: str, device: torch.de
 # -------------------------------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """The training options shared by :func:`train` and :func:`interp.ensemble_train.train_vectorised` (everything
+    but the seed, the output and how to report), validated when built: a bad value is a one-line InterpError.
+
+    ``lr`` None is the paper's learning rate of the task (:attr:`learning_rate`). Dropouts are in [0, 1); the
+    defaults are the authors' released run (0.5 on concepts, 0.0 in the encoders).
+    """
+
+    task: str = "sentiment"
+    variant: str = "routing"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float | None = None
+    patience: int = 8
+    device: str = "auto"
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    d_feature: int = 64
+    d_concept: int = 64
+    concept_dropout: float = 0.5
+    embed_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    relu_dropout: float = 0.0
+    res_dropout: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        concept_names(self.task)  # an unknown task is a one-line InterpError
+        if self.variant not in VARIANTS:
+            raise InterpError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if not 0.0 <= self.concept_dropout < 1.0:
+            raise InterpError(f"dropout must be in [0, 1), got {self.concept_dropout}")
+        for name in ENCODER_DROPOUTS:
+            if not 0.0 <= getattr(self, f"{name}_dropout") < 1.0:
+                raise InterpError(f"--{name}-dropout must be in [0, 1), got {getattr(self, f'{name}_dropout')}")
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InterpError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.grad_clip > 0:
+            raise InterpError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.lr is not None:
+            guard.check_lr(self.lr)
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> "TrainOptions":
+        """Options from keyword arguments; an unknown name is a one-line InterpError naming it."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InterpError(f"unknown training option(s) {', '.join(unknown)}; see interp.train.TrainOptions")
+        return cls(**options)
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the paper's learning rate of the task when ``lr`` is None."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.task]
+
+    @property
+    def encoder_dropout(self) -> bool:
+        """True when any encoder dropout is above 0 (the authors' released run has none)."""
+        return any(getattr(self, f"{name}_dropout") > 0 for name in ENCODER_DROPOUTS)
+
+    def model_config(self, split: Split) -> ModelConfig:
+        """The model these options train on data shaped like ``split``, checked against the limits and memory."""
+        config = ModelConfig(
+            task=self.task, variant=self.variant, input_dims=input_dims(split), n_concepts=len(concept_names(self.task)),
+            d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_feature=self.d_feature,
+            d_concept=self.d_concept, concept_dropout=self.concept_dropout, embed_dropout=self.embed_dropout,
+            attn_dropout=self.attn_dropout, relu_dropout=self.relu_dropout, res_dropout=self.res_dropout,
+        )
+        check_model_config(config, "the model", training=True)
+        return config
+
+    def settings(self, seed: int, **extra: Any) -> dict[str, Any]:
+        """The training settings recorded in a checkpoint's ``train`` entry."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.learning_rate,
+                "patience": self.patience, "seed": seed, "grad_clip": self.grad_clip, "optimizer": "Adam",
+                "selection": "validation loss", **extra}
+
+
+#: Encoder dropouts (``<name>_dropout`` options and ``--<name>-dropout`` flags).
+ENCODER_DROPOUTS = ("embed", "attn", "relu", "res")
+
+
+def check_outputs(out: Path, data_path: Path, resume: bool) -> None:
+    """Refuse an ``out`` that is one of the inputs or (without ``resume``) a file that is not a checkpoint;
+    create its folder, so that a bad path fails before training, not after the first epoch."""
+    check_not_input(out, {"data file": data_path, "planted map beside the data": _planted_sidecar(data_path)})
+    if not resume:
+        check_replaceable_checkpoint(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
+
+
 def train(
     data_path: Path | str,
     out: Path | str = Path("models/model.pt"),
@@ -125,63 +222,29 @@ def train(
     The model is selected on the validation loss; early stopping after ``patience`` epochs without improvement.
     ``resume`` continues a training whose checkpoint is at ``out`` (same data and settings). ``format``: the data
     layout (``mult`` / ``mmsa``; None detects it). Padded sequences are masked (:mod:`interp.padding`).
-    Dropouts (all in [0, 1)): ``concept_dropout`` on the concepts; ``embed_dropout``, ``attn_dropout``,
-    ``relu_dropout`` and ``res_dropout`` in the encoders (see :class:`~interp.model.ModelConfig`); the defaults are
-    the authors' released run (0.5 on concepts, 0.0 in the encoders).
+    The training options (task ... grad_clip) are those of :class:`TrainOptions`. Dropouts (all in [0, 1)):
+    ``concept_dropout`` on the concepts; ``embed_dropout``, ``attn_dropout``, ``relu_dropout`` and
+    ``res_dropout`` in the encoders (see :class:`~interp.model.ModelConfig`); the defaults are the authors'
+    released run (0.5 on concepts, 0.0 in the encoders).
     ``on_epoch`` is called after each epoch with its history row (epoch, train_loss, valid_loss, metrics), e.g. to
     drive one progress display over several trainings (:func:`interp.seeds.train_seeds`).
     """
     started = time.perf_counter()
     out = Path(out)
-    concepts = concept_names(task)
-    if variant not in VARIANTS:
-        raise InterpError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    if not 0.0 <= concept_dropout < 1.0:
-        raise InterpError(f"dropout must be in [0, 1), got {concept_dropout}")
-    for name, value in (("embed", embed_dropout), ("attn", attn_dropout), ("relu", relu_dropout), ("res", res_dropout)):
-        if not 0.0 <= value < 1.0:
-            raise InterpError(f"--{name}-dropout must be in [0, 1), got {value}")
-    if lr is not None:
-        guard.check_lr(lr)
+    options = TrainOptions(
+        task=task, variant=variant, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, device=device,
+        d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_feature=d_feature, d_concept=d_concept,
+        concept_dropout=concept_dropout, embed_dropout=embed_dropout, attn_dropout=attn_dropout,
+        relu_dropout=relu_dropout, res_dropout=res_dropout, grad_clip=grad_clip,
+    )
     guard.check_seed(seed)
-    source = Path(dataset.path if dataset is not None else data_path)
-    check_not_input(out, {"data file": source, "planted map beside the data": _planted_sidecar(source)})
-    if not resume:
-        check_replaceable_checkpoint(out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after the first epoch
-    if out.is_dir():
-        raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'}")
+    check_outputs(out, Path(dataset.path if dataset is not None else data_path), resume)
     dataset = dataset if dataset is not None else load_dataset(data_path, format=format)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
     torch_device = resolve_device(device)
-    learning_rate = lr if lr is not None else DEFAULT_LR[task]
-    config = ModelConfig(
-        task=task,
-        variant=variant,
-        input_dims=input_dims(train_split),
-        n_concepts=len(concepts),
-        d_model=d_model,
-        n_heads=n_heads,
-        n_layers=n_layers,
-        d_feature=d_feature,
-        d_concept=d_concept,
-        concept_dropout=concept_dropout,
-        embed_dropout=embed_dropout,
-        attn_dropout=attn_dropout,
-        relu_dropout=relu_dropout,
-        res_dropout=res_dropout,
-    )
-    check_model_config(config, "the model", training=True)
-    settings = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": learning_rate,
-        "patience": patience,
-        "seed": seed,
-        "grad_clip": grad_clip,
-        "optimizer": "Adam",
-        "selection": "validation loss",
-    }
+    learning_rate = options.learning_rate
+    config = options.model_config(train_split)
+    settings = options.settings(seed)
 
     torch.manual_seed(seed)
     model = RoutingModel(config).to(torch_device)

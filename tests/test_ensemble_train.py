@@ -14,8 +14,9 @@ from interp.train import train
 
 SEEDS = [0, 1, 2]
 # lr 3e-3 with patience 1 makes the three seeds stop early at different epochs (2, 4 and 3 here).
+# Concept dropout 0.5 (the default): each seed must draw the masks its own train(seed) run draws.
 SETTINGS = dict(epochs=6, batch_size=32, lr=3e-3, patience=1, device="cpu", d_model=8, n_heads=2, n_layers=1,
-                concept_dropout=0.0, progress=False)
+                concept_dropout=0.5, progress=False)
 
 
 @pytest.fixture(scope="module")

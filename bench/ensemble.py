@@ -36,16 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=20)
     parser.add_argument("--model", default="default", choices=list(SIZES))
+    parser.add_argument("--d-model", type=int, default=None, help="override the model size's d_model")
+    parser.add_argument("--n-layers", type=int, default=None, help="override the model size's n_layers")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions (median; default %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = list(range(args.k))
+    size = dict(SIZES[args.model])
+    size.update({k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers)) if v is not None})
     settings = dict(epochs=args.epochs, patience=args.epochs + 1, batch_size=32, device=args.device, progress=False,
-                    **SIZES[args.model])
+                    **size)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, model {args.model}, "
-          f"K {args.k}, epochs {args.epochs}, n_train {args.n_train}, load average {os.getloadavg()}")
+          f"{size}, K {args.k}, epochs {args.epochs}, n_train {args.n_train}, load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = write_synthetic(root / "d.pkl", n_train=args.n_train, n_valid=args.n_train // 4, n_test=16,

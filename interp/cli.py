@@ -17,7 +17,8 @@ from interp import cli_commands
 from interp.errors import DataWarning, InterpError
 from interp.guard import bootstrap_samples_arg, lr_arg, one_line, printable, seed_arg, workers_arg
 from interp.schema import (
-    AMP, BASELINES, CLUSTERS, CORRECTIONS, DEFAULT_LR, FEATURES, GROUPS, INTERVALS, LAYOUTS, RANK_BY, SPLITS, TASKS, VARIANTS,
+    AMP, BASELINES, CLUSTERS, CORRECTIONS, DEFAULT_LR, FEATURES, GROUPS, INTERVALS, LAYOUTS, RANK_BY, SEED_ENGINES, SPLITS,
+    TASKS, VARIANTS,
 )
 
 EXIT_BAD_INPUT = 2
@@ -165,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=_seeds, default=None, metavar="LIST",
                        help="train one model per seed, e.g. 0-4 or 0,3,7, into <out stem>-seed<k>.pt; prints each "
                        "seed's validation and test metrics")
+    train.add_argument("--engine", default=None, choices=SEED_ENGINES,
+                       help="with --seeds: how the seeds are trained. sequential: one after the other; vectorised: all "
+                       "at once as one vectorised model (same models when no encoder dropout is on); auto (default): "
+                       "vectorised where it gives the same models, else sequential")
     train.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     train.add_argument("--d-model", type=_positive_int, default=32, help="encoder width (paper size: 200)")
     train.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (paper size: 20)")

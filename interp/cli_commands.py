@@ -63,6 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args)
     if args.seeds is not None:
         return cmd_train_seeds(args)
+    if args.engine is not None:
+        raise InterpError("--engine chooses how several seeds are trained; pass it with --seeds")
     result = train(
         data_path=args.data,
         out=args.out,
@@ -99,7 +101,8 @@ def cmd_train_seeds(args: argparse.Namespace) -> int:
     if args.seed is not None:
         raise InterpError("pass --seed or --seeds, not both")
     result = train_seeds(
-        args.data, args.out, args.seeds, resume=args.resume, progress=not args.quiet, task=args.task,
+        args.data, args.out, args.seeds, engine=args.engine or "auto", resume=args.resume, progress=not args.quiet,
+        task=args.task,
         variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         device=args.device, d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
         d_feature=args.d_feature, d_concept=args.d_concept, concept_dropout=args.dropout, grad_clip=args.grad_clip,

@@ -52,6 +52,9 @@ SINGLE_LABEL_TASKS: frozenset[str] = frozenset({"sentiment"})
 DEFAULT_LR: dict[str, float] = {"sentiment": 1e-4, "emotion": 1e-5, "iemocap": 1e-4}
 
 VARIANTS: dict[str, int] = {"routing": 2, "routing1": 1, "gam": 0}
+
+SEED_ENGINES: tuple[str, ...] = ("auto", "sequential", "vectorised")
+"""How ``interp train --seeds`` trains its seeds (:mod:`interp.seeds`); ``auto`` picks one of the others."""
 """Model variants and their routing iterations (0 = no routing: r fixed at 1/J); the first is the default."""
 
 #: Data layouts understood by :func:`interp.data.load_dataset` (``--format``; None detects it).

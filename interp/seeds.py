@@ -6,9 +6,12 @@ into ``<out stem>-seed<k><suffix>`` (``models/model.pt`` -> ``models/model-seed0
 display over all the seeds' epochs, then reads each model's test metrics through :func:`interp.evaluate.evaluate`
 (for reading only: selection is on the validation split, as always).
 
-How the models are trained is an *engine*: ``"sequential"`` (the only one today) calls :func:`interp.train.train`
-once per seed. Another engine (e.g. one that trains the K models at once) is a callable with the signature of
-:class:`SeedEngine`, passed as ``engine=`` or added to :data:`ENGINES`; it must write the same checkpoints.
+How the models are trained is an *engine*: ``"sequential"`` calls :func:`interp.train.train` once per seed;
+``"vectorised"`` trains the K models at once as one vectorised model
+(:func:`interp.ensemble_train.train_vectorised`), with the same numbers as the sequential engine when no encoder
+dropout is on; ``"auto"`` (the default) picks the vectorised engine where it gives the same models faster
+(:func:`choose_engine` says which and why). Another engine is a callable with the signature of
+:class:`SeedEngine`, passed as ``engine=``; it must write the same checkpoints.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from interp.data import Dataset, load_dataset
+from interp.data import Dataset, get_split, load_dataset
+from interp.devices import resolve_device
+from interp.ensemble_train import train_vectorised
 from interp.errors import InterpError
 from interp.evaluate import evaluate
 from interp.metrics import HEADLINE
 from interp.progress import Bar, progress_bar
-from interp.train import TrainResult, train
+from interp.schema import SEED_ENGINES
+from interp.train import TrainOptions, TrainResult, train
 
 #: At most this many seeds in one call (a typo such as ``0-4000`` should not start days of training).
 MAX_SEEDS = 256
@@ -101,12 +107,16 @@ class SeedProgress:
         self._bar.update(f"seed {seed} epoch {int(row.get('epoch', 0))}: train loss {row.get('train_loss', math.nan):.4f}"
                          f"  valid loss {row.get('valid_loss', math.nan):.4f}  {self._headline} {metric:.4f}")
 
-    def done(self, seed: int, result: TrainResult) -> None:
-        """``seed`` has finished (early stopping included): its remaining epochs are counted as done."""
+    def stopped(self, seed: int) -> None:
+        """``seed`` stopped early: its remaining epochs are counted as done."""
         remaining = self._epochs - self._counted.get(seed, 0)
         if remaining > 0:
             self._bar.advance(remaining)
         self._counted[seed] = self._epochs
+
+    def done(self, seed: int, result: TrainResult) -> None:
+        """``seed`` has finished (early stopping included): its remaining epochs are counted as done."""
+        self.stopped(seed)
         self._bar.update(f"seed {seed} done: epoch {result.best_epoch} selected of {result.epochs_run}")
 
 
@@ -142,8 +152,73 @@ def sequential_engine(
     return results
 
 
-#: Engines by name; ``train_seeds(engine=...)`` takes a name or a :class:`SeedEngine`.
-ENGINES: Mapping[str, SeedEngine] = MappingProxyType({"sequential": sequential_engine})
+def vectorised_engine(
+    dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any], progress: SeedProgress
+) -> list[TrainResult]:
+    """All the seeds at once, as one vectorised model (:func:`interp.ensemble_train.train_vectorised`). It starts
+    every seed afresh and takes no padded data: see :func:`vectorised_refusal`."""
+    refusal = vectorised_refusal(dataset, jobs, options)
+    if refusal is not None:
+        raise InterpError(refusal)
+    settings = {k: v for k, v in options.items() if k not in ("resume", "format")}  # the dataset is already loaded
+    results = train_vectorised(
+        dataset.path, [path for _, path in jobs], [seed for seed, _ in jobs], TrainOptions.from_kwargs(**settings),
+        progress=False, dataset=dataset, on_epoch=progress.epoch, on_stop=progress.stopped,
+    )
+    for (seed, _), result in zip(jobs, results):
+        progress.done(seed, result)
+    return results
+
+
+def vectorised_refusal(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any]) -> str | None:
+    """Why the vectorised engine cannot train these jobs (a one-line message), or None when it can: it does not
+    resume existing checkpoints and takes no padded sequences (the batched encoders take no masks yet)."""
+    existing = [str(path) for _, path in jobs if path.is_file()]
+    if options.get("resume") and existing:
+        return (f"the vectorised engine cannot resume ({existing[0]} exists); pass --engine sequential to continue "
+                "each seed's checkpoint")
+    if any(get_split(dataset, name).lengths is not None for name in ("train", "valid")):
+        return "padded sequences are not supported by the vectorised engine yet; pass --engine sequential"
+    return None
+
+
+#: Engines by name; ``train_seeds(engine=...)`` takes one of these names, ``"auto"`` or a :class:`SeedEngine`.
+ENGINES: Mapping[str, SeedEngine] = MappingProxyType(
+    {"sequential": sequential_engine, "vectorised": vectorised_engine}
+)
+#: The engine names ``--engine`` takes: ``auto`` and every engine of :data:`ENGINES`.
+ENGINE_CHOICES: tuple[str, ...] = SEED_ENGINES
+
+
+#: On the CPU the vectorised engine pays only for small encoders, where per-operation overhead dominates
+#: (``bench/ensemble.py``, K = 5, one thread, sequential s / vectorised s): d_model 32 (the default) 1.17 to 1.35,
+#: 64: 1.01, 128: 0.92, the paper size (200, 7 layers; K = 3) 0.85. So ``auto`` vectorises on the CPU up to this.
+CPU_VECTORISED_MAX_D_MODEL = 32
+
+
+def choose_engine(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any]) -> tuple[str, str]:
+    """The engine ``"auto"`` picks for these jobs and why: ``(name, reason)``.
+
+    ``vectorised`` when it trains the same models as the sequential engine (no encoder dropout: see
+    :mod:`interp.ensemble_train`), can (two seeds or more, no padded sequences, no checkpoint to resume) and was
+    measured faster: on a CUDA device, or on the CPU for d_model up to :data:`CPU_VECTORISED_MAX_D_MODEL`.
+    ``sequential`` otherwise.
+    """
+    settings = {k: v for k, v in options.items() if k not in ("resume", "format")}
+    train_options = TrainOptions.from_kwargs(**settings)
+    if len(jobs) < 2:
+        return "sequential", "one seed"
+    if options.get("resume") and any(path.is_file() for _, path in jobs):
+        return "sequential", "--resume continues existing checkpoints one by one"
+    if vectorised_refusal(dataset, jobs, options) is not None:
+        return "sequential", "padded sequences are not supported by the vectorised engine yet"
+    if train_options.encoder_dropout:
+        return "sequential", "encoder dropout on: the vectorised engine would draw other masks than separate runs"
+    device = resolve_device(train_options.device)
+    if device.type == "cpu" and train_options.d_model > CPU_VECTORISED_MAX_D_MODEL:
+        return "sequential", (f"d_model {train_options.d_model} on the CPU: one by one is faster above "
+                              f"{CPU_VECTORISED_MAX_D_MODEL}")
+    return "vectorised", f"{len(jobs)} seeds as one vectorised model on {device.type}, the same models as one by one"
 
 
 # -------------------------------------------------------------------------------------------------- results
@@ -251,7 +326,7 @@ def train_seeds(
     out: Path | str = Path("models/model.pt"),
     seeds: Sequence[int] | str = (0, 1, 2),
     *,
-    engine: str | SeedEngine = "sequential",
+    engine: str | SeedEngine = "auto",
     evaluate_test: bool = True,
     resume: bool = False,
     progress: bool = True,
@@ -270,7 +345,6 @@ def train_seeds(
     started = time.perf_counter()
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else _check_seeds(seeds)
     options = _check_options(options)
-    run_engine, engine_name = _resolve_engine(engine)
     out = Path(out)
     if out.is_dir():
         raise InterpError(f"--out {out} is a folder; pass a file name such as {out / 'model.pt'} (seeds are added "
@@ -278,6 +352,7 @@ def train_seeds(
     out.parent.mkdir(parents=True, exist_ok=True)
     dataset = dataset if dataset is not None else load_dataset(data_path)
     jobs = [(seed, seed_checkpoint(out, seed)) for seed in seed_list]
+    run_engine, engine_name = _resolve_engine(engine, dataset, jobs, {**options, "resume": resume})
     task = str(options.get("task", "sentiment"))
     epochs = int(options.get("epochs", inspect.signature(train).parameters["epochs"].default))
     headline = HEADLINE[task][0] if task in HEADLINE else ""
@@ -315,19 +390,31 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - known)
     if unknown:
         raise InterpError(f"unknown training option(s) {', '.join(unknown)}; see interp.train.train")
+    TrainOptions.from_kwargs(**{k: v for k, v in options.items() if k != "format"})  # bad values fail before the data loads
     return options
 
 
-def _resolve_engine(engine: str | SeedEngine) -> tuple[SeedEngine, str]:
+def _resolve_engine(
+    engine: str | SeedEngine, dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any]
+) -> tuple[SeedEngine, str]:
+    """(engine, the name shown): ``auto`` resolves through :func:`choose_engine` (``"vectorised (auto: ...)"``)."""
     if callable(engine):
         return engine, getattr(engine, "__name__", type(engine).__name__)
+    if engine == "auto":
+        name, reason = choose_engine(dataset, jobs, options)
+        return ENGINES[name], f"{name}, chosen by auto: {reason}"
     if engine not in ENGINES:
-        raise InterpError(f"unknown training engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise InterpError(f"unknown training engine {engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+    refusal = vectorised_refusal(dataset, jobs, options) if engine == "vectorised" else None
+    if refusal is not None:  # before the progress display starts
+        raise InterpError(refusal)
     return ENGINES[engine], str(engine)
 
 
 __all__ = [
     "ENGINES",
+    "CPU_VECTORISED_MAX_D_MODEL",
+    "ENGINE_CHOICES",
     "SeedEngine",
     "SeedProgress",
     "SeedRun",
@@ -335,6 +422,9 @@ __all__ = [
     "format_seeds",
     "parse_seeds",
     "seed_checkpoint",
+    "choose_engine",
     "sequential_engine",
     "train_seeds",
+    "vectorised_engine",
+    "vectorised_refusal",
 ]

@@ -20,7 +20,7 @@ import torch
 from interp.cli import main
 from interp.data import load_dataset
 from interp.data_inspect import inspect_data
-from interp.errors import DataError
+from interp.errors import DataError, InterpError
 from interp.extract import extract
 from interp.global_report import run_global
 from interp.model import ModelConfig, RoutingModel
@@ -343,3 +343,19 @@ def test_help_says_which_variant_is_the_authors_release(capsys: pytest.CaptureFi
     text = " ".join(capsys.readouterr().out.split())
     assert "routing1: one update, which is the authors' released configuration (--num-routing 1" in text
     assert "--threads" in text and "shared with other jobs use 1" in text
+
+
+def test_padded_data_trains_seeds_one_by_one(mmsa_files: dict[str, Path], tmp_path: Path) -> None:
+    """The vectorised seed engine takes no padding masks yet: `auto` trains padded data seed by seed, and asking
+    for the vectorised engine is a one-line refusal, not a model trained on padding."""
+    from interp.seeds import choose_engine, train_seeds
+
+    dataset = load_quietly(mmsa_files["unaligned"])
+    assert dataset.splits["train"].lengths is not None
+    jobs = [(0, tmp_path / "m-seed0.pt"), (1, tmp_path / "m-seed1.pt")]
+    name, reason = choose_engine(dataset, jobs, {})
+    assert name == "sequential" and "padded" in reason
+    with pytest.raises(InterpError, match="padded sequences are not supported by the vectorised engine yet"):
+        train_seeds(mmsa_files["unaligned"], tmp_path / "m.pt", [0, 1], engine="vectorised", dataset=dataset,
+                    evaluate_test=False, **TINY)
+    assert not list(tmp_path.iterdir())

@@ -79,13 +79,15 @@ def test_seed_names() -> None:
 # --------------------------------------------------------------------------------------------- training seeds
 
 
+SEED_ARGS = ["--seeds", "0,2", "--epochs", "2", "--batch-size", "64", "--lr", "1e-3", "--device", "cpu", "--d-model", "8",
+             "--n-heads", "2", "--n-layers", "1", "--d-feature", "8", "--d-concept", "8"]
+
+
 @pytest.fixture(scope="module")
 def seed_models(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """`interp train --seeds 0,2` through the CLI on the session's synthetic data (tiny model, 2 epochs)."""
     out = tmp_path_factory.mktemp("seeds") / "model.pt"
-    code, stdout, err = _cli(["train", "--data", str(synth_data), "--out", str(out), "--seeds", "0,2", "--epochs", "2",
-                              "--batch-size", "64", "--lr", "1e-3", "--device", "cpu", "--d-model", "8",
-                              "--n-heads", "2", "--n-layers", "1", "--d-feature", "8", "--d-concept", "8"])
+    code, stdout, err = _cli(["train", "--data", str(synth_data), "--out", str(out), *SEED_ARGS])
     assert code == 0, err
     return out, stdout
 
@@ -120,6 +122,61 @@ def test_seeds_summary_table_matches_the_files(seed_models: tuple[Path, str]) ->
     assert f"seed 2: {out.parent / 'model-seed2.pt'}" in stdout
 
 
+def test_auto_engine_trains_the_seeds_at_once_into_the_models_of_one_by_one(
+    seed_models: tuple[Path, str], synth_data: Path, tmp_path: Path
+) -> None:
+    """`--seeds` picks the vectorised engine by itself (no encoder dropout, no padding) and its models are the
+    sequential engine's: same epochs, validation losses, selected epoch and test metrics, concept dropout on."""
+    out, stdout = seed_models
+    assert "(engine vectorised, chosen by auto: 2 seeds as one vectorised model on cpu" in stdout.splitlines()[0]
+    code, one_by_one, err = _cli(["train", "--data", str(synth_data), "--out", str(tmp_path / "model.pt"), *SEED_ARGS,
+                                  "--engine", "sequential"])
+    assert code == 0, err
+    assert "(engine sequential)" in one_by_one.splitlines()[0]
+    for seed in (0, 2):
+        together = torch.load(out.parent / f"model-seed{seed}.pt", weights_only=True)
+        alone = torch.load(tmp_path / f"model-seed{seed}.pt", weights_only=True)
+        assert together["config"]["concept_dropout"] == 0.5 and together["train"]["engine"].startswith("vectorised")
+        assert together["train"]["best_epoch"] == alone["train"]["best_epoch"]
+        for a, b in zip(alone["train"]["history"], together["train"]["history"], strict=True):
+            assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
+            assert b["valid_loss"] == pytest.approx(a["valid_loss"], abs=1e-5)
+        tests = [json.loads((folder / f"model-seed{seed}.eval-test.json").read_text())["metrics"]
+                 for folder in (tmp_path, out.parent)]
+        assert tests[1] == pytest.approx(tests[0], abs=1e-4)
+
+
+def test_choose_engine_says_why(synth_data: Path, tmp_path: Path) -> None:
+    from interp.seeds import choose_engine
+
+    dataset = load_dataset(synth_data)
+    jobs = [(0, tmp_path / "m-seed0.pt"), (1, tmp_path / "m-seed1.pt")]
+    assert choose_engine(dataset, jobs, {"device": "cpu"})[0] == "vectorised"
+    assert choose_engine(dataset, jobs[:1], {}) == ("sequential", "one seed")
+    name, reason = choose_engine(dataset, jobs, {"device": "cpu", "d_model": 200, "n_heads": 20})
+    assert name == "sequential" and "d_model 200 on the CPU" in reason
+    name, reason = choose_engine(dataset, jobs, {"attn_dropout": 0.1})
+    assert name == "sequential" and "encoder dropout" in reason
+    assert choose_engine(dataset, jobs, {"resume": True})[0] == "vectorised"  # nothing to resume yet
+    jobs[1][1].write_bytes(b"")
+    name, reason = choose_engine(dataset, jobs, {"resume": True})
+    assert name == "sequential" and "--resume" in reason
+    with pytest.raises(InterpError, match="--attn-dropout must be in"):
+        choose_engine(dataset, jobs, {"attn_dropout": 1.5})
+
+
+def test_cli_engine_refusals_are_one_line(seed_models: tuple[Path, str], synth_data: Path, tmp_path: Path) -> None:
+    out, _ = seed_models
+    before = (out.parent / "model-seed0.pt").read_bytes()
+    code, _, err = _cli(["train", "--data", str(synth_data), "--out", str(out), *SEED_ARGS, "--engine", "vectorised",
+                         "--resume"])
+    assert code == 2 and err.count("\n") == 1 and "the vectorised engine cannot resume" in err
+    assert (out.parent / "model-seed0.pt").read_bytes() == before
+    code, _, err = _cli(["train", "--data", str(synth_data), "--out", str(tmp_path / "m.pt"), "--engine", "sequential"])
+    assert code == 2 and err == "interp: error: --engine chooses how several seeds are trained; pass it with --seeds\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_train_seeds_library_same_seed_same_weights_and_pluggable_engine(synth_data: Path, tmp_path: Path) -> None:
     calls: list[list[int]] = []
 
@@ -132,7 +189,7 @@ def test_train_seeds_library_same_seed_same_weights_and_pluggable_engine(synth_d
     result = train_seeds(synth_data, tmp_path / "a" / "m.pt", "1", engine=recording_engine, evaluate_test=False,
                          progress=False, **TINY)
     again = train_seeds(synth_data, tmp_path / "b" / "m.pt", [1], progress=False, **TINY)
-    assert calls == [[1]] and result.engine == "recording_engine" and again.engine == "sequential"
+    assert calls == [[1]] and result.engine == "recording_engine" and again.engine.startswith("sequential, chosen by auto")
     assert result.runs[0].test_metrics is None and again.runs[0].test_metrics is not None
     first = torch.load(result.checkpoints[0], weights_only=True)["state_dict"]
     second = torch.load(again.checkpoints[0], weights_only=True)["state_dict"]
@@ -140,7 +197,7 @@ def test_train_seeds_library_same_seed_same_weights_and_pluggable_engine(synth_d
     frame = again.frame()
     assert list(frame["seed"]) == [1] and frame.loc[0, "checkpoint"].endswith("m-seed1.pt")
     with pytest.raises(InterpError, match="unknown training engine"):
-        train_seeds(synth_data, tmp_path / "c.pt", [0], engine="vectorised", progress=False, **TINY)
+        train_seeds(synth_data, tmp_path / "c.pt", [0], engine="parallel", progress=False, **TINY)
     with pytest.raises(InterpError, match="sets seed itself"):
         train_seeds(synth_data, tmp_path / "c.pt", [0], progress=False, seed=3, **TINY)
 

@@ -38,18 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", choices=list(SIZES))
     parser.add_argument("--d-model", type=int, default=None, help="override the model size's d_model")
     parser.add_argument("--n-layers", type=int, default=None, help="override the model size's n_layers")
+    parser.add_argument("--sdpa", choices=("auto", "math", "default"), default="auto",
+                        help="SDPA backend under vmap: interp's choice (auto), the math one, or torch's default")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions (median; default %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.sdpa != "auto":  # a measurement of the other choice, not a setting of interp
+        from torch.nn.attention import SDPBackend
+
+        import interp.ensemble_train as ensemble_train
+        ensemble_train.VMAP_SDPA_BACKENDS[args.device.split(":")[0]] = (
+            [SDPBackend.MATH] if args.sdpa == "math" else None)
     seeds = list(range(args.k))
     size = dict(SIZES[args.model])
     size.update({k: v for k, v in (("d_model", args.d_model), ("n_layers", args.n_layers)) if v is not None})
     settings = dict(epochs=args.epochs, patience=args.epochs + 1, batch_size=32, device=args.device, progress=False,
                     **size)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, model {args.model}, "
-          f"{size}, K {args.k}, epochs {args.epochs}, n_train {args.n_train}, load average {os.getloadavg()}")
+          f"{size}, sdpa under vmap {args.sdpa}, K {args.k}, epochs {args.epochs}, n_train {args.n_train}, load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = write_synthetic(root / "d.pkl", n_train=args.n_train, n_valid=args.n_train // 4, n_test=16,

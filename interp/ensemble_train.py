@@ -24,6 +24,7 @@ engine by itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -114,8 +115,8 @@ def train_vectorised(
     # per seed: its weights, batch and dropout masks; for validation every seed sees the same batch
     p_concept = config.concept_dropout
     train_logits = _quiet(vmap(logits_of, in_dims=(0, 0, 0, 0, 0, 0 if p_concept > 0 else None),
-                               randomness="different"))
-    eval_logits = _quiet(vmap(logits_of, in_dims=(0, 0, None, None, None, None)))
+                               randomness="different"), torch_device)
+    eval_logits = _quiet(vmap(logits_of, in_dims=(0, 0, None, None, None, None)), torch_device)
 
     text, audio, vision, target = split_tensors(train_split, task)
     generator = torch.Generator()
@@ -228,13 +229,20 @@ def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _quiet(fn: Any) -> Any:
-    """``fn`` with SDPA on its math backend, which vmap batches; the fused CPU kernel has no batching rule and
-    would run once per seed (measured: the math backend makes a vectorised step ~20% faster on CPU, while for one
-    model the fused kernel is faster). torch's warning about the missing rule is silenced."""
+#: SDPA backends under ``vmap``, by device type (None: torch's own choice). On the CPU the fused kernel has no
+#: batching rule and would run once per seed; its math backend, which vmap batches, made a vectorised step ~20%
+#: faster (for one model the fused kernel is faster). On CUDA torch's choice is kept (``bench/ensemble.py
+#: --sdpa math`` measures the other).
+VMAP_SDPA_BACKENDS: dict[str, list[SDPBackend] | None] = {"cpu": [SDPBackend.MATH], "cuda": None}
+
+
+def _quiet(fn: Any, device: torch.device) -> Any:
+    """``fn`` with SDPA on the backends of :data:`VMAP_SDPA_BACKENDS` for ``device``; torch's warning about a
+    missing batching rule is silenced."""
+    backends = VMAP_SDPA_BACKENDS.get(device.type)
 
     def call(*args: Any) -> Any:
-        with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
+        with warnings.catch_warnings(), (sdpa_kernel(backends) if backends else contextlib.nullcontext()):
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
             return fn(*args)
 

@@ -132,7 +132,7 @@ def train_vectorised(
             orders.append(torch.randperm(train_split.n, generator=generator))
         order = torch.stack(orders)  # (K_active, N)
         base.train()
-        totals = torch.zeros(len(active))
+        totals = torch.zeros(len(active), device=torch_device)  # on the device: no synchronisation per step
         seen = 0
         with progress_bar(n_batches, f"epoch {epoch}/{epochs} ({len(active)} seeds)", enabled=progress,
                           unit="batches") as bar:
@@ -148,31 +148,35 @@ def train_vectorised(
                     vision[batch].to(torch_device), noise,
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
-                finite = torch.isfinite(losses)
-                if not bool(finite.all()):
-                    bad = [seeds[active[i]] for i in range(len(active)) if not bool(finite[i])]
-                    raise InterpError(
-                        f"training stopped: the training loss of seed {', '.join(map(str, bad))} became non-finite at "
-                        f"epoch {epoch} with learning rate {learning_rate:g}; every seed's checkpoint of its best "
-                        f"epoch so far is kept; try a lower --lr (e.g. {learning_rate / 10:g}) or check the data"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # seed k's parameters get exactly d loss_k
                 _clip_per_seed([params[n] for n in names], options.grad_clip)
                 optimizer.step()
-                totals += losses.detach().cpu() * batch.shape[1]
+                totals += losses.detach() * batch.shape[1]
                 seen += batch.shape[1]
                 bar.advance()
+            # A non-finite loss makes its seed's total non-finite: checked once per epoch, before anything of
+            # this epoch is written (each seed's checkpoint of its best epoch so far stays as it is).
+            totals = totals.cpu()
+            if not bool(torch.isfinite(totals).all()):
+                bad = [seeds[active[i]] for i in range(len(active)) if not math.isfinite(float(totals[i]))]
+                raise InterpError(
+                    f"training stopped: the training loss of seed {', '.join(map(str, bad))} became non-finite in "
+                    f"epoch {epoch} with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
+                    f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
+                )
             valid_logits = _predict(eval_logits, base, params, buffers, valid_split, torch_device)
-        for position, k in enumerate(active):
-            state = states[k]
-            valid_loss, valid_metrics = _metrics(task, valid_logits[position], valid_split)
+        scores = [_metrics(task, valid_logits[position], valid_split) for position in range(len(active))]
+        for (valid_loss, _), k in zip(scores, active):
             if not math.isfinite(valid_loss):
                 raise InterpError(
                     f"training stopped: the validation loss of seed {seeds[k]} became {valid_loss} at epoch {epoch} "
-                    f"with learning rate {learning_rate:g}; every seed's checkpoint of its best epoch so far is "
-                    f"kept; try a lower --lr (e.g. {learning_rate / 10:g}) or check the data"
+                    f"with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
+                    f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
                 )
+        for position, k in enumerate(active):
+            state = states[k]
+            valid_loss, valid_metrics = scores[position]
             state.history.append(
                 {"epoch": epoch, "train_loss": float(totals[position]) / seen, "valid_loss": valid_loss,
                  **valid_metrics}
@@ -218,6 +222,13 @@ def train_vectorised(
     ]
 
 
+def _kept(outs: list[Path], states: list["_SeedState"]) -> str:
+    """What a stopped training leaves: each seed's checkpoint of its best epoch, or its output untouched."""
+    if all(state.best["state_dict"] is None for state in states):
+        return "no checkpoint was written or changed"
+    return "each seed's checkpoint of its best epoch so far is kept"
+
+
 def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
     """A generator in the state torch's global generator of ``device`` has in ``train(seed=seed)`` when the
     first dropout mask is drawn: just after the model was built (called right after building it)."""
@@ -231,9 +242,10 @@ def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
 
 #: SDPA backends under ``vmap``, by device type (None: torch's own choice). On the CPU the fused kernel has no
 #: batching rule and would run once per seed; its math backend, which vmap batches, made a vectorised step ~20%
-#: faster (for one model the fused kernel is faster). On CUDA torch's choice is kept (``bench/ensemble.py
-#: --sdpa math`` measures the other).
-VMAP_SDPA_BACKENDS: dict[str, list[SDPBackend] | None] = {"cpu": [SDPBackend.MATH], "cuda": None}
+#: faster (for one model the fused kernel is faster). On CUDA (torch 2.11, H100) the memory-efficient kernel's
+#: backward under vmap fails ("LSE is not correctly aligned (strideH)"), so the math backend there too
+#: (``bench/ensemble.py --sdpa default`` tries torch's own choice).
+VMAP_SDPA_BACKENDS: dict[str, list[SDPBackend] | None] = {"cpu": [SDPBackend.MATH], "cuda": [SDPBackend.MATH]}
 
 
 def _quiet(fn: Any, device: torch.device) -> Any:

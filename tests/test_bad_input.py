@@ -468,6 +468,16 @@ def test_failed_training_leaves_a_good_checkpoint_byte_identical(trained_checkpo
     result = run_cli("train", "--data", str(data), "--out", str(fresh), *TINY_TRAIN)
     one_line_error(result, "nothing was written")
     assert not fresh.exists()
+    # several seeds at once (the vectorised engine): the same stop, and the seeds' good checkpoints stay as they were
+    shutil.copy(good, tmp_path / "ens-seed0.pt")
+    for mutated, which in ((data, "training"), (valid_nan, "validation")):
+        result = run_cli("train", "--data", str(mutated), "--out", str(tmp_path / "ens.pt"), *TINY_TRAIN,
+                         "--seeds", "0,1", "--engine", "vectorised")
+        record(f"--seeds 0,1 --engine vectorised, {which} loss NaN at epoch 1, seed 0's --out a good checkpoint",
+               result)
+        line = one_line_error(result, f"the {which} loss of seed 0")
+        assert "epoch 1" in line and "lower --lr" in line and "no checkpoint was written or changed" in line
+        assert (tmp_path / "ens-seed0.pt").read_bytes() == before and not (tmp_path / "ens-seed1.pt").exists()
 
 
 def test_an_output_is_never_an_input(trained_checkpoint: Path, extracted_run: Path, tmp_path: Path) -> None:

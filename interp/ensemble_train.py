@@ -97,6 +97,11 @@ def train_vectorised(
     learning_rate = options.learning_rate
     config = options.model_config(train_split)
 
+    with torch.device("meta"):  # counted without allocating: per seed its training state, the model it was
+        # stacked from and its checkpoint shell (weights and Adam moments)
+        n_parameters = RoutingModel(config).n_parameters()
+    guard.check_memory(len(seeds) * n_parameters * (guard.TRAIN_BYTES_PER_PARAMETER + 16), f"{len(seeds)} seeds at once",
+                       "train fewer seeds at a time or pass --engine sequential")
     models, noise_generators = [], []
     for seed in seeds:
         torch.manual_seed(seed)  # the initial weights of train(seed=seed)
@@ -211,7 +216,6 @@ def train_vectorised(
             active = [active[position] for position in keep]
 
     seconds = time.perf_counter() - started
-    n_parameters = models[0].n_parameters()
     return [
         TrainResult(
             checkpoint=outs[k], task=task, variant=options.variant, best_epoch=int(s.best["epoch"]),

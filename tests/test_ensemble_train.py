@@ -78,3 +78,12 @@ def test_vectorised_refuses_bad_arguments(tiny_data: Path, tmp_path: Path) -> No
         train_vectorised(tiny_data, [tmp_path / "a.pt", tmp_path / "b.pt"], [0, 0], **SETTINGS)
     with pytest.raises(InterpError, match="dropout"):
         train_vectorised(tiny_data, [tmp_path / "a.pt"], [0], **{**SETTINGS, "res_dropout": 1.0})
+
+
+def test_vectorised_refuses_seeds_that_do_not_fit_in_memory(tiny_data: Path, tmp_path: Path) -> None:
+    """One model of ~57 M parameters fits (about 1 GB to train); 256 of them at once (~470 GB) fit nowhere."""
+    seeds = list(range(256))
+    with pytest.raises(InterpError, match="256 seeds at once would need about .* of memory") as info:
+        train_vectorised(tiny_data, [tmp_path / f"m{s}.pt" for s in seeds], seeds,
+                         **{**SETTINGS, "d_model": 512, "n_heads": 8, "n_layers": 2})
+    assert "--engine sequential" in str(info.value) and not list(tmp_path.iterdir())

@@ -223,7 +223,9 @@ def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, 
         raise DataError(f"{where} has shape {tuple(array.shape)}; expected (N, T, d) or (N, d)")
     if array.shape[1] < 1 or array.shape[2] < 1:
         raise DataError(f"{where} has shape {tuple(array.shape)}; sequence length and feature size must be >= 1")
-    mask = ~np.isfinite(array)
+    if np.isfinite(array.sum()):  # a NaN or inf makes the sum non-finite: one pass, no mask, in the common case
+        return np.ascontiguousarray(array), 0
+    mask = ~np.isfinite(array)  # (overflow of a finite sum lands here too, and counts 0)
     count = int(mask.sum())
     if count:
         if not array.flags.writeable:

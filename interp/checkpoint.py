@@ -14,7 +14,6 @@ reading a checkpoint for inference does not unpickle its ~1000 optimiser tensors
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import platform
@@ -37,6 +36,7 @@ from interp.guard import (
     printable, short_repr,
 )
 from interp.model import ModelConfig, RoutingModel
+from interp.pickles import BackgroundSha256
 from interp.runs import atomic_write_bytes
 from interp.schema import FEATURES, TASK_CONCEPTS, concept_names
 from interp.targets import targets
@@ -194,18 +194,23 @@ def package_versions() -> dict[str, str]:
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
     """The checkpoint dict, loaded with ``weights_only=True`` (a pickle that would run code is refused); its
     ``"resume"`` entry is left encoded (:func:`resume_state` decodes it)."""
-    return _read_checkpoint(Path(path))[0]
+    return _read_checkpoint(Path(path), mmap=False)
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
-    """(the checkpoint dict, the hex SHA-256 of the file's bytes), from one read of the file."""
+def _read_checkpoint(path: Path, mmap: bool) -> dict[str, Any]:
+    """The checkpoint dict; with ``mmap`` its tensors map the file (copy-on-write) instead of being read: a part
+    never used (the resume state, 3/4 of a 500 MB paper-size checkpoint) is never read from disk."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; train one with `interp train --data PATH --out {path}`")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass the model.pt file inside it")
     try:
-        content = path.read_bytes()
-        checkpoint = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:  # a file of torch's legacy (non-zip) format cannot be mapped: read it
+            if not mmap or "mmap" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise CheckpointError(f"checkpoint {path} is not readable (permission denied)") from None
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -225,16 +230,21 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; train it again with `interp train`")
     check_checkpoint(checkpoint, path)
-    return checkpoint, hashlib.sha256(content).hexdigest()
+    return checkpoint
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint on ``device``, in eval mode.
 
-    The model is built on torch's meta device (no random initialisation to pay for) and takes the checkpoint's
+    The file is hashed in a background thread while torch maps it (:class:`interp.pickles.BackgroundSha256`);
+    the model is built on torch's meta device (no random initialisation to pay for) and takes the checkpoint's
     tensors as its parameters (``assign=True``), then moves to ``device``."""
     path = Path(path)
-    checkpoint, sha256 = _read_checkpoint(path)
+    hashing = BackgroundSha256(path)
+    checkpoint = _read_checkpoint(path, mmap=True)
+    # the weights are copied out of the mapping, so that the model does not depend on the file staying as it is
+    # (the never-used resume entry stays mapped: it is read only if decoded)
+    checkpoint["state_dict"] = {key: value.clone() for key, value in checkpoint["state_dict"].items()}
     config = ModelConfig.from_dict(checkpoint["config"])
     model = check_model_config(config, f"checkpoint {path}")
     try:
@@ -244,6 +254,10 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Loa
             f"checkpoint {path} does not match its own model config ({one_line(error)[:300]})"
         ) from None
     model.to(resolve_device(device)).eval()
+    try:
+        sha256 = hashing.result()
+    except DataError as error:
+        raise CheckpointError(str(error).replace("cannot read", "cannot hash checkpoint", 1)) from None
     return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=path, sha256=sha256)
 
 

@@ -146,3 +146,26 @@ def test_resume_of_the_wrong_kind_is_refused_on_read(one_epoch: tuple[Path, Path
         bad = _edit(one_epoch[0], tmp_path / f"bad{index}.pt", value)
         with pytest.raises(CheckpointError, match="resume"):
             read_checkpoint(bad)
+
+
+
+def test_legacy_torch_format_loads_and_a_loaded_model_outlives_its_file(one_epoch: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    """load_checkpoint maps the file: a legacy (non-zip) torch file cannot be mapped and is read instead, and the
+    model's weights are copies, so truncating the file afterwards (no atomic write) cannot crash the model."""
+    new = one_epoch[0]
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(new, map_location="cpu", weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    a, b = load_checkpoint(new), load_checkpoint(legacy)
+    assert b.sha256 == sha256_file(legacy) != a.sha256
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    script = (
+        "import sys, torch; from interp.checkpoint import load_checkpoint; from pathlib import Path\n"
+        "path = Path(sys.argv[1]); loaded = load_checkpoint(path); path.write_bytes(b'')\n"
+        "x = [torch.randn(2, 3, d) for d in loaded.config.input_dims]\n"
+        "print(float(loaded.model(*x).logits.abs().sum()) > 0)\n"
+    )
+    target = _copy(new, tmp_path / "overwritten.pt")
+    result = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]

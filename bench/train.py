@@ -11,7 +11,9 @@ Both run in one process, interleaved repetition by repetition, on random MOSEI-s
 * ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
 
 Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
-the same samples with the same checkpoint (interleaved): the extraction overhead. Times are the median over
+the same samples with the same checkpoint (interleaved): the extraction overhead, split into the fixed start-up
+seconds (``interp.extraction.prepare``: checkpoint and data read and checked) and the steady-state ratio (forward
+samples/s over the samples/s of the rest of ``extract``: batches, routing outputs, parquet). Times are the median over
 ``--reps``; the load average is printed (the machine may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
 [--reps 3] [--device cpu|cuda|auto] [--quick] [--json PATH]``.
 """
@@ -91,13 +93,17 @@ def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, a
 
 
 def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
-                        reps: int) -> tuple[float, float]:
-    """(``interp extract`` samples/s, forward-only samples/s) on a synthetic test split of ``n`` samples.
+                        reps: int) -> dict[str, float]:
+    """``extract`` and ``forward`` samples/s, ``startup`` s and ``steady`` samples/s on a synthetic test split of
+    ``n`` samples.
 
     Interleaved: each repetition runs the forward-only pass over the same ``n`` samples (the checkpoint's model,
-    eval, ``inference_mode``, batches of ``batch``) and then ``interp extract``; one warm-up of each; medians.
+    eval, ``inference_mode``, batches of ``batch``), then ``interp.extraction.prepare`` alone (the fixed start-up:
+    checkpoint and data read and checked), then ``interp extract``; one warm-up of each; medians. ``steady`` is
+    ``n`` over (extract seconds - start-up seconds) of the same repetition.
     """
     from interp.extract import extract
+    from interp.extraction import prepare
     from interp.synth import write_synthetic
     from interp.checkpoint import load_checkpoint
     from interp.train import train
@@ -110,7 +116,7 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
         train(data, ckpt, epochs=1, device="cpu", progress=False, **config_size)
     model = load_checkpoint(ckpt, device).model
     x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
-    fwd, ext = [], []
+    fwd, ext, startup, steady = [], [], [], []
     for i in range(reps + 1):
         _sync(torch.device(device))
         start = time.perf_counter()
@@ -119,12 +125,18 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
                 model(*(t[s : s + batch] for t in x))
         _sync(torch.device(device))
         mid = time.perf_counter()
+        prepare(ckpt, data, "test", workdir / f"run-{i}", batch, torch.device(device), None, workdir)
+        ready = time.perf_counter()
         extract(ckpt, data, split="test", out=workdir / f"run-{i}", batch_size=batch, device=device, force=True,
                 progress=False)
+        end = time.perf_counter()
         if i:
             fwd.append(n / (mid - start))
-            ext.append(n / (time.perf_counter() - mid))
-    return statistics.median(ext), statistics.median(fwd)
+            ext.append(n / (end - ready))
+            startup.append(ready - mid)
+            steady.append(n / (end - ready - startup[-1]))
+    return dict(extract=statistics.median(ext), forward=statistics.median(fwd), startup=statistics.median(startup),
+                steady=statistics.median(steady))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,15 +198,20 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"{row['device']:<12} {size_name:<8} {batch:>4} {phase:<8} {name:<16} "
                                   f"{value:>10.1f} {row['samples_s']:>10.1f} {r}", flush=True)
     if not args.no_extract:
-        print("\nextraction overhead: forward-only samples/s / interp extract samples/s (interleaved, B = 256)")
+        print("\nextraction overhead: forward-only samples/s / interp extract samples/s (interleaved, B = 256); "
+              "start-up = interp.extraction.prepare (checkpoint + data read), steady = forward samples/s / "
+              "samples/s of the rest of extract")
         with tempfile.TemporaryDirectory() as tmp:
             for size_name in models:
                 n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
-                rate, limit = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, "cpu", Path(tmp), reps)
+                got = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, "cpu", Path(tmp), reps)
+                rate, limit = got["extract"], got["forward"]
                 rows.append(dict(device="cpu/fp32", model=size_name, batch=256, n=n, phase="extract",
-                                 extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate))
+                                 extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate,
+                                 startup_s=got["startup"], steady_overhead=limit / got["steady"]))
                 print(f"cpu/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only {limit:.1f} "
-                      f"samples/s, overhead x{limit / rate:.2f}", flush=True)
+                      f"samples/s, overhead x{limit / rate:.2f} (forward {n / limit:.2f} s, extract {n / rate:.2f} s "
+                      f"= start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})", flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

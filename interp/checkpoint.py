@@ -6,6 +6,10 @@ trained on (path, sha256, layout), the training settings and history, the packag
 resume a training (last weights, optimiser, epoch, early-stopping count, torch RNG). :func:`save_checkpoint`
 writes it atomically; :func:`read_checkpoint` and :func:`load_checkpoint` read it; :func:`restore_checkpoint`
 puts the resume state back into a model and optimiser.
+
+The resume state is stored as one uint8 tensor (the bytes of its own ``torch.save``) under ``"resume"``, so that
+reading a checkpoint for inference does not unpickle its ~1000 optimiser tensors one by one;
+:func:`resume_state` decodes it (checkpoints written before hold it as a dict, which is read as it is).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from interp.guard import (
     printable, short_repr,
 )
 from interp.model import ModelConfig, RoutingModel
-from interp.pickles import sha256_file
+from interp.pickles import BackgroundSha256
 from interp.runs import atomic_write_bytes
 from interp.schema import FEATURES, TASK_CONCEPTS, concept_names
 from interp.targets import targets
@@ -110,13 +114,13 @@ def save_checkpoint(
             "history": history,
         },
         "versions": package_versions(),
-        "resume": {
+        "resume": encode_resume({
             "epoch": epoch,
             "stale": stale,
             "state_dict": cpu_state(model),
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
-        },
+        }),
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -136,7 +140,7 @@ def restore_checkpoint(
         raise CheckpointError(f"--resume: {out} was trained with other model settings; drop --resume or use --out")
     if checkpoint["data"]["sha256"] != dataset.sha256:
         raise CheckpointError(f"--resume: {out} was trained on other data; drop --resume or use --out")
-    state = checkpoint.get("resume")
+    state = resume_state(checkpoint, out)
     if not state:
         raise CheckpointError(f"--resume: {out} holds no training state to resume from")
     model.load_state_dict(state["state_dict"])
@@ -153,6 +157,28 @@ def restore_checkpoint(
     }
     return int(state["epoch"]) + 1, best, int(state["stale"]), list(train_info.get("history", []))
 
+def encode_resume(state: dict[str, Any]) -> torch.Tensor:
+    """The resume state as one (n_bytes,) uint8 tensor: the bytes of its ``torch.save`` (see :func:`resume_state`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def resume_state(checkpoint: Mapping[str, Any], path: Path | str) -> dict[str, Any] | None:
+    """The checkpoint's state to resume a training (epoch, stale, state_dict, optimizer, torch_rng), or None.
+
+    Decodes the uint8 tensor :func:`save_checkpoint` writes (``weights_only=True``); a dict (checkpoints written
+    before) is returned as it is. A blob that does not decode to that state raises :class:`CheckpointError`."""
+    resume = checkpoint.get("resume")
+    if isinstance(resume, torch.Tensor):
+        try:
+            resume = torch.load(io.BytesIO(resume.numpy().tobytes()), map_location="cpu", weights_only=True)
+        except Exception:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for damaged bytes
+            raise CheckpointError(_damaged_resume(path)) from None
+    check_resume(resume, path)
+    return resume
+
+
 def package_versions() -> dict[str, str]:
     """Versions of interp, torch, numpy and Python (recorded in checkpoints and runs)."""
     return {
@@ -166,14 +192,25 @@ def package_versions() -> dict[str, str]:
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The checkpoint dict, loaded with ``weights_only=True`` (a pickle that would run code is refused)."""
-    path = Path(path)
+    """The checkpoint dict, loaded with ``weights_only=True`` (a pickle that would run code is refused); its
+    ``"resume"`` entry is left encoded (:func:`resume_state` decodes it)."""
+    return _read_checkpoint(Path(path), mmap=False)
+
+
+def _read_checkpoint(path: Path, mmap: bool) -> dict[str, Any]:
+    """The checkpoint dict; with ``mmap`` its tensors map the file (copy-on-write) instead of being read: a part
+    never used (the resume state, 3/4 of a 500 MB paper-size checkpoint) is never read from disk."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; train one with `interp train --data PATH --out {path}`")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass the model.pt file inside it")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:  # a file of torch's legacy (non-zip) format cannot be mapped: read it
+            if not mmap or "mmap" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise CheckpointError(f"checkpoint {path} is not readable (permission denied)") from None
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -197,19 +234,31 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model of a checkpoint on ``device``, in eval mode."""
-    checkpoint = read_checkpoint(path)
+    """Rebuild the model of a checkpoint on ``device``, in eval mode.
+
+    The file is hashed in a background thread while torch maps it (:class:`interp.pickles.BackgroundSha256`);
+    the model is built on torch's meta device (no random initialisation to pay for) and takes the checkpoint's
+    tensors as its parameters (``assign=True``), then moves to ``device``."""
+    path = Path(path)
+    hashing = BackgroundSha256(path)
+    checkpoint = _read_checkpoint(path, mmap=True)
+    # the weights are copied out of the mapping, so that the model does not depend on the file staying as it is
+    # (the never-used resume entry stays mapped: it is read only if decoded)
+    checkpoint["state_dict"] = {key: value.clone() for key, value in checkpoint["state_dict"].items()}
     config = ModelConfig.from_dict(checkpoint["config"])
-    check_model_config(config, f"checkpoint {path}")
-    model = RoutingModel(config)
+    model = check_model_config(config, f"checkpoint {path}")
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)
     except (RuntimeError, TypeError, KeyError, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {path} does not match its own model config ({one_line(error)[:300]})"
         ) from None
     model.to(resolve_device(device)).eval()
-    return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=Path(path), sha256=sha256_file(path))
+    try:
+        sha256 = hashing.result()
+    except DataError as error:
+        raise CheckpointError(str(error).replace("cannot read", "cannot hash checkpoint", 1)) from None
+    return LoadedModel(model=model, checkpoint=checkpoint, config=config, path=path, sha256=sha256)
 
 
 def resolve_data_path(checkpoint: dict[str, Any], data: Path | str | None) -> Path:
@@ -286,15 +335,31 @@ def check_checkpoint(checkpoint: Mapping[str, Any], path: Path | str) -> None:
     if not isinstance(train.get("history", []), list):
         raise CheckpointError(f"checkpoint {path}: train.history must be a list; {hint}")
     resume = checkpoint.get("resume")
+    if isinstance(resume, torch.Tensor):  # encoded (save_checkpoint): its bytes are checked when decoded
+        if resume.dtype != torch.uint8 or resume.ndim != 1 or resume.device.type != "cpu":
+            raise CheckpointError(_damaged_resume(path))
+    else:
+        check_resume(resume, path)
+
+
+def check_resume(resume: Any, path: Path | str) -> None:
+    """A decoded resume state is None or a dict with an int epoch and stale, and dicts state_dict and optimizer."""
     if resume is not None and not (isinstance(resume, dict) and is_int(resume.get("epoch"))
                                    and is_int(resume.get("stale")) and isinstance(resume.get("state_dict"), dict)
                                    and isinstance(resume.get("optimizer"), dict)):
-        raise CheckpointError(f"checkpoint {path}: its training state (resume) is damaged; {hint} without --resume")
+        raise CheckpointError(_damaged_resume(path))
 
 
-def check_model_config(config: Any, where: str, training: bool = False) -> None:
+def _damaged_resume(path: Path | str) -> str:
+    return (f"checkpoint {path}: its training state (resume) is damaged; train it again with `interp train` "
+            "without --resume")
+
+
+def check_model_config(config: Any, where: str, training: bool = False) -> RoutingModel:
     """A :class:`interp.model.ModelConfig` within the declared limits, whose parameters (counted on torch's meta
-    device, nothing allocated) fit in memory: 4 bytes each, :data:`TRAIN_BYTES_PER_PARAMETER` when ``training``."""
+    device, nothing allocated) fit in memory: 4 bytes each, :data:`TRAIN_BYTES_PER_PARAMETER` when ``training``.
+    Returns the model it counted, on the meta device (no storage: give it weights with ``load_state_dict(...,
+    assign=True)``)."""
     error = InterpError if training else CheckpointError
     limits = {"d_model": MAX_WIDTH, "d_feature": MAX_WIDTH, "d_concept": MAX_WIDTH, "n_layers": MAX_LAYERS,
               "n_heads": MAX_LAYERS, "n_concepts": MAX_CONCEPTS}
@@ -307,8 +372,10 @@ def check_model_config(config: Any, where: str, training: bool = False) -> None:
         raise error(f"{where}: routing_iterations = {config.iterations} is above the limit {MAX_ROUTING_ITERATIONS} "
                     "(the paper uses 1 to 3)")
     with torch.device("meta"):
-        n_parameters = sum(p.numel() for p in RoutingModel(config).parameters())
+        meta = RoutingModel(config)
+    n_parameters = sum(p.numel() for p in meta.parameters())
     per_parameter = TRAIN_BYTES_PER_PARAMETER if training else 4
     check_memory(n_parameters * per_parameter, f"{where}: a model of {n_parameters:,} parameters",
                  "choose smaller --d-model, --n-layers, --d-feature or --d-concept" if training
                  else "it was not written by `interp train` on this kind of machine", error)
+    return meta

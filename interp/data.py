@@ -22,7 +22,7 @@ import numpy as np
 from interp.errors import DataError, DataWarning
 from interp.mmsa import SplitExtras, detect_layout, mmsa_to_mult
 from interp.padding import stack_lengths
-from interp.pickles import check_file, safe_load_pickle, sha256_file
+from interp.pickles import BackgroundSha256, check_file, safe_load_pickle
 from interp.guard import check_nesting, check_planted_info, clean_text, read_json
 from interp.schema import LAYOUTS, MODALITIES, SPLITS
 from interp.targets import squeeze_sample_axes
@@ -110,9 +110,9 @@ def load_dataset(path: Path | str, format: str | None = None) -> Dataset:
     path = path.resolve()
     if format is not None and format not in LAYOUTS:
         raise DataError(f"unknown data format {format!r}; choose {' or '.join(LAYOUTS)} (or leave it out to detect it)")
+    hashing = BackgroundSha256(path)  # hashed while the file is unpickled and checked below
     raw = safe_load_pickle(path)
     check_nesting(raw, str(path))
-    digest = sha256_file(path)
     layout = format or detect_layout(raw)
     extras: dict[str, SplitExtras] = {}
     if layout == "mmsa":
@@ -134,6 +134,7 @@ def load_dataset(path: Path | str, format: str | None = None) -> Dataset:
         )
     _check_dims_agree(splits)
     _make_ids_unique(splits)
+    digest = hashing.result()
     info = read_planted(path, digest)
     planted = dict(info["planted"]) if info is not None else None
     return Dataset(path=path, sha256=digest, splits=splits, nonfinite=nonfinite, planted=planted, planted_info=info,
@@ -222,7 +223,9 @@ def _modality_array(split: str, modality: str, value: Any) -> tuple[np.ndarray, 
         raise DataError(f"{where} has shape {tuple(array.shape)}; expected (N, T, d) or (N, d)")
     if array.shape[1] < 1 or array.shape[2] < 1:
         raise DataError(f"{where} has shape {tuple(array.shape)}; sequence length and feature size must be >= 1")
-    mask = ~np.isfinite(array)
+    if np.isfinite(array.sum()):  # a NaN or inf makes the sum non-finite: one pass, no mask, in the common case
+        return np.ascontiguousarray(array), 0
+    mask = ~np.isfinite(array)  # (overflow of a finite sum lands here too, and counts 0)
     count = int(mask.sum())
     if count:
         if not array.flags.writeable:

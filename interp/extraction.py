@@ -92,9 +92,15 @@ class _SplitSamples(TorchDataset):
         if len(index) == 0:
             return _Batch(*(torch.empty(0) for _ in range(3)), torch.empty(0, dtype=torch.int64))
         parts = np.searchsorted(self.offsets, index, side="right") - 1
+        # consecutive rows of one part (extraction's sequential order): a slice, a view where the rows are float32
+        rows = slice(int(index[0] - self.offsets[parts[0]]), int(index[-1] - self.offsets[parts[0]]) + 1)
+        consecutive = bool(parts[0] == parts[-1]) and rows.stop - rows.start == len(index) and (
+            len(index) == 1 or bool((np.diff(index) == 1).all()))
         arrays = []
         for name in ("text", "audio", "vision"):
-            if (parts == parts[0]).all():
+            if consecutive:
+                values = np.asarray(getattr(self.parts[int(parts[0])], name)[rows], dtype=np.float32)
+            elif (parts == parts[0]).all():
                 split = self.parts[int(parts[0])]
                 values = np.asarray(getattr(split, name)[index - self.offsets[parts[0]]], dtype=np.float32)
             else:  # a batch across two splits (split "all"): the same rows, gathered part by part

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import pickle
 import struct
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,3 +141,44 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class BackgroundSha256:
+    """The hex SHA-256 of a file, computed in a daemon thread started at construction, so that it overlaps other
+    work on the file (:func:`interp.data.load_dataset` unpickles and checks it meanwhile). The file is hashed
+    through a read-only memory map in one ``update`` call, during which hashlib holds no GIL (chunked reads where
+    the file cannot be mapped). :meth:`result` waits for it; the same digest as :func:`sha256_file`.
+
+    Nothing needs to be closed: when the caller fails before :meth:`result`, the thread finishes on its own (a
+    daemon thread does not hold up the interpreter's exit).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="interp-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                try:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):  # empty file, or a file system that cannot map it
+                    self._digest = sha256_file(self.path)
+                    return
+                with mapped:
+                    self._digest = hashlib.sha256(mapped).hexdigest()
+        except BaseException as error:  # raised to the caller by result()
+            self._error = error
+
+    def result(self) -> str:
+        """The hex digest (waits for the thread); a file that cannot be read is a one-line :class:`DataError`."""
+        self._thread.join()
+        if isinstance(self._error, OSError):
+            raise DataError(f"cannot read {self.path}: {self._error.strerror or self._error}") from None
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest

@@ -343,15 +343,15 @@ def test_ctrl_c_keeps_best_checkpoint_and_resume_continues(tmp_path: Path) -> No
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "best checkpoint so far" in stdout
-    from interp.checkpoint import read_checkpoint
+    from interp.checkpoint import read_checkpoint, resume_state
 
     kept = read_checkpoint(model)
-    epochs_done = kept["resume"]["epoch"]
+    epochs_done = resume_state(kept, model)["epoch"]
     assert epochs_done >= 1
     resumed = run_cli("train", "--data", str(data), "--out", str(model), "--epochs", str(epochs_done + 1), "--d-model",
                       "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert read_checkpoint(model)["resume"]["epoch"] == epochs_done + 1
+    assert resume_state(read_checkpoint(model), model)["epoch"] == epochs_done + 1
 
 
 # ------------------------------------------------------------------------------------------------- escaping

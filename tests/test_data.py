@@ -243,3 +243,24 @@ def test_get_split_lists_available(tmp_path: Path, rng: np.random.Generator) -> 
     data = load_dataset(_write(tmp_path / "d.pkl", {"train": _split(2, rng)}))
     with pytest.raises(DataError, match="available: train"):
         get_split(data, "test")
+
+
+def test_finite_values_whose_sum_overflows_are_kept_and_inf_plus_minus_inf_is_counted(tmp_path: Path) -> None:
+    """The non-finite count skips its mask when the float32 sum is finite; a sum that overflows (all values
+    finite) and +inf next to -inf (sum NaN) must still come out right."""
+    rng = np.random.default_rng(0)
+    big = np.finfo(np.float32).max / 2
+
+    def split(n: int) -> dict:
+        return {"text": np.full((n, 3, 4), big, dtype=np.float32),
+                "audio": rng.standard_normal((n, 3, 2)).astype(np.float32),
+                "vision": rng.standard_normal((n, 3, 2)).astype(np.float32),
+                "labels": rng.uniform(-3, 3, size=(n, 1, 1)).astype(np.float32)}
+
+    train, test = split(6), split(4)
+    train["audio"][0, 0, 0], train["audio"][1, 1, 1] = np.inf, -np.inf
+    path = _write(tmp_path / "d.pkl", {"train": train, "test": test})
+    data = load_dataset(path)
+    assert data.nonfinite["train/text"] == 0 and (data.splits["train"].text == big).all()
+    assert data.nonfinite["train/audio"] == 2 and data.nonfinite["total"] == 2
+    assert data.splits["train"].audio[0, 0, 0] == 0 and data.splits["train"].audio[1, 1, 1] == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.checkpoint import load_checkpoint, read_checkpoint
+from interp.checkpoint import load_checkpoint, read_checkpoint, resume_state
 from interp.ensemble_train import train_vectorised
 from interp.errors import InterpError
 from interp.train import train
@@ -49,6 +49,7 @@ def test_vectorised_seeds_equal_separate_runs(tiny_data: Path, tmp_path: Path) -
                 assert hb[key] == pytest.approx(ha[key], abs=1e-5), key
         ca, cb = read_checkpoint(a.checkpoint), read_checkpoint(b.checkpoint)
         assert ca["config"] == cb["config"] and ca["train"]["seed"] == cb["train"]["seed"]
+        ca["resume"], cb["resume"] = resume_state(ca, a.checkpoint), resume_state(cb, b.checkpoint)  # decoded
         for part in (ca["state_dict"], ca["resume"]["state_dict"]), (cb["state_dict"], cb["resume"]["state_dict"]):
             assert part[0].keys() == part[1].keys()
         for sa, sb in ((ca["state_dict"], cb["state_dict"]), (ca["resume"]["state_dict"], cb["resume"]["state_dict"])):

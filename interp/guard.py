@@ -318,7 +318,7 @@ def check_planted_info(info: Any, where: str) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise DataError(f"{where} holds a JSON {_kind(info)}, not an object with a 'planted' map; {hint}")
     task = info.get("task")
-    if task is not None and task not in TASK_CONCEPTS:
+    if task is not None and (not isinstance(task, str) or task not in TASK_CONCEPTS):
         raise DataError(f"{where}: unknown task {printable(short_repr(task))}; {hint}")
     if "planted" not in info:
         raise DataError(f"{where} has no {{concept: feature}} map under 'planted'; {hint}")

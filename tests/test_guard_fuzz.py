@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from interp.data import read_planted
@@ -90,6 +90,7 @@ def test_one_random_field_of_meta_json(extracted_run: Path, run_copy: Path, key:
     {"task": st.sampled_from(["sentiment", "emotion", "x"]),
      "planted": st.dictionaries(st.sampled_from(["-3", "0", "happy"]) | st.text(max_size=3),
                                 st.sampled_from(list(FEATURES)) | scalars, max_size=3)}))
+@example(value={"task": [], "planted": {"happy": "t"}})  # an unhashable task once escaped as a TypeError
 def test_random_planted_json(small_data: Path, value: Any) -> None:
     small_data.with_name("d.planted.json").write_text(json.dumps(value))
     try:

@@ -202,16 +202,20 @@ def main(argv: list[str] | None = None) -> int:
               "start-up = interp.extraction.prepare (checkpoint + data read), steady = forward samples/s / "
               "samples/s of the rest of extract")
         with tempfile.TemporaryDirectory() as tmp:
-            for size_name in models:
-                n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
-                got = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, "cpu", Path(tmp), reps)
-                rate, limit = got["extract"], got["forward"]
-                rows.append(dict(device="cpu/fp32", model=size_name, batch=256, n=n, phase="extract",
-                                 extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate,
-                                 startup_s=got["startup"], steady_overhead=limit / got["steady"]))
-                print(f"cpu/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only {limit:.1f} "
-                      f"samples/s, overhead x{limit / rate:.2f} (forward {n / limit:.2f} s, extract {n / rate:.2f} s "
-                      f"= start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})", flush=True)
+            for device_name in devices:
+                if device_name == "cuda":  # fp32 extraction, TF32 off (what interp extract does by default)
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                for size_name in models:
+                    n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
+                    got = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, device_name, Path(tmp), reps)
+                    rate, limit = got["extract"], got["forward"]
+                    rows.append(dict(device=f"{device_name}/fp32", model=size_name, batch=256, n=n, phase="extract",
+                                     extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate,
+                                     startup_s=got["startup"], steady_overhead=limit / got["steady"]))
+                    print(f"{device_name}/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only "
+                          f"{limit:.1f} samples/s, overhead x{limit / rate:.2f} (forward {n / limit:.2f} s, extract "
+                          f"{n / rate:.2f} s = start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})",
+                          flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

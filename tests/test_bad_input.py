@@ -329,8 +329,9 @@ def test_ctrl_c_keeps_best_checkpoint_and_resume_continues(tmp_path: Path) -> No
 
     data = write_synthetic(tmp_path / "s.pkl", n_train=200, n_valid=40, n_test=40, seed=3).data_path
     model = tmp_path / "model.pt"
-    args = [sys.executable, "-m", "interp.cli", "train", "--data", str(data), "--out", str(model), "--epochs", "50",
-            "--d-model", "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3"]
+    # 1000 epochs without early stopping: the training cannot end on its own before the Ctrl-C arrives
+    args = [sys.executable, "-m", "interp.cli", "train", "--data", str(data), "--out", str(model), "--epochs", "1000",
+            "--patience", "1000", "--d-model", "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240
@@ -348,8 +349,8 @@ def test_ctrl_c_keeps_best_checkpoint_and_resume_continues(tmp_path: Path) -> No
     kept = read_checkpoint(model)
     epochs_done = resume_state(kept, model)["epoch"]
     assert epochs_done >= 1
-    resumed = run_cli("train", "--data", str(data), "--out", str(model), "--epochs", str(epochs_done + 1), "--d-model",
-                      "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3", "--resume")
+    resumed = run_cli("train", "--data", str(data), "--out", str(model), "--epochs", str(epochs_done + 1),
+                      "--patience", "1000", "--d-model", "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert resume_state(read_checkpoint(model), model)["epoch"] == epochs_done + 1
 

@@ -42,7 +42,7 @@ from interp.schema import FEATURES, TASK_CONCEPTS, concept_names
 from interp.targets import targets
 
 CHECKPOINT_FORMAT = "interp-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # resume state as one uint8 tensor; version 1 (a dict) is still read
 
 
 @dataclass

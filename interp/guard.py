@@ -65,7 +65,7 @@ MEMORY_FRACTION = 0.5
 #: Bytes per parameter while training: weights, gradients and Adam's two moments, float32 each.
 TRAIN_BYTES_PER_PARAMETER = 16
 #: Checkpoint versions this interp reads.
-CHECKPOINT_VERSIONS: tuple[int, ...] = (1,)
+CHECKPOINT_VERSIONS: tuple[int, ...] = (1, 2)  # 2: the resume state is one uint8 tensor (1: a dict)
 
 
 def machine_memory() -> int:

@@ -44,6 +44,7 @@ def one_epoch(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         train(small_data, new, epochs=3, on_epoch=interrupt, **TINY)
     raw = torch.load(new, map_location="cpu", weights_only=True)
     raw["resume"] = resume_state(raw, new)
+    raw["version"] = 1  # what interp wrote before the resume state became one tensor
     old = folder / "old.pt"
     torch.save(raw, old)
     return new, old
@@ -63,7 +64,9 @@ def _edit(source: Path, target: Path, resume: object) -> Path:
 
 def test_resume_is_one_uint8_tensor_that_decodes_to_the_training_state(one_epoch: tuple[Path, Path]) -> None:
     new, old = one_epoch
-    stored = torch.load(new, map_location="cpu", weights_only=True)["resume"]
+    raw = torch.load(new, map_location="cpu", weights_only=True)
+    stored = raw["resume"]
+    assert raw["version"] == 2  # an interp that reads version 1 only refuses it as a newer format, not as damaged
     assert isinstance(stored, torch.Tensor) and stored.dtype == torch.uint8 and stored.ndim == 1
     state = resume_state(read_checkpoint(new), new)
     assert state is not None and state["epoch"] == 1 and state["stale"] == 0
@@ -111,7 +114,7 @@ def test_old_layout_resumes_and_extracts_to_the_same_numbers(small_data: Path, o
                for name, ckpt in (("new", new), ("old", old))}
     assert resumed["old"].history == resumed["new"].history and resumed["old"].epochs_run == 2
     a, b = read_checkpoint(tmp_path / "old.pt"), read_checkpoint(tmp_path / "new.pt")
-    assert isinstance(a["resume"], torch.Tensor)  # a resumed old checkpoint is written in the new layout
+    assert isinstance(a["resume"], torch.Tensor) and a["version"] == 2  # a resumed old checkpoint: the new layout
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 

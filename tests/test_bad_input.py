@@ -329,11 +329,14 @@ def test_ctrl_c_keeps_best_checkpoint_and_resume_continues(tmp_path: Path) -> No
 
     data = write_synthetic(tmp_path / "s.pkl", n_train=200, n_valid=40, n_test=40, seed=3).data_path
     model = tmp_path / "model.pt"
-    # 1000 epochs without early stopping: the training cannot end on its own before the Ctrl-C arrives
+    # 1000 epochs without early stopping: the training does not end on its own before the Ctrl-C arrives
     args = [sys.executable, "-m", "interp.cli", "train", "--data", str(data), "--out", str(model), "--epochs", "1000",
             "--patience", "1000", "--d-model", "8", "--n-heads", "2", "--n-layers", "1", "--device", "cpu", "--quiet", "--lr", "1e-3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to its default in the child: a test run started in the background (`pytest &`) ignores SIGINT,
+    # children inherit that, and the Ctrl-C below would then never arrive
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not model.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)

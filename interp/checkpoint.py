@@ -253,6 +253,9 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> Loa
         raise CheckpointError(
             f"checkpoint {path} does not match its own model config ({one_line(error)[:300]})"
         ) from None
+    unset = [name for name, value in [*model.named_parameters(), *model.named_buffers()] if value.is_meta]
+    if unset:  # e.g. a buffer kept out of the state dict: it would have no value to run with
+        raise CheckpointError(f"checkpoint {path} does not set {', '.join(unset[:5])} of its model")
     model.to(resolve_device(device)).eval()
     try:
         sha256 = hashing.result()

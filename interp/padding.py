@@ -25,16 +25,21 @@ PADDING_SIDES: tuple[str, ...] = ("end", "start", "none")
 
 
 def zero_run(array: np.ndarray, side: str) -> np.ndarray:
-    """(N,) int64: the number of consecutive all-zero time steps of a (N, T, d) array at ``side`` (end or start)."""
+    """(N,) int64: the number of consecutive all-zero time steps of a (N, T, d) array at ``side`` (end or start).
+
+    Walks the steps from ``side`` inwards, keeping only the samples whose steps so far are all zero: data without
+    padding is settled by its first step, so a load reads one step of it, not all T (no (N, T, d) temporary)."""
     if side not in ("end", "start"):
         raise DataError(f"unknown padding side {side!r}; choose end or start")
-    zero = ~np.any(array != 0, axis=2)  # (N, T) True where every feature of the step is 0
-    if side == "end":
-        zero = zero[:, ::-1]
-    # the run of leading True values: index of the first False (T when all are True)
-    not_zero = ~zero
-    first_real = np.where(not_zero.any(axis=1), not_zero.argmax(axis=1), zero.shape[1])
-    return first_real.astype(np.int64)
+    n, steps = int(array.shape[0]), int(array.shape[1])
+    run = np.zeros(n, dtype=np.int64)
+    alive = np.arange(n)  # samples whose steps walked so far are all zero
+    for step in (range(steps) if side == "start" else range(steps - 1, -1, -1)):
+        if alive.size == 0:
+            break
+        alive = alive[~np.any(array[alive, step, :] != 0, axis=1)]
+        run[alive] += 1
+    return run
 
 
 def valid_lengths(array: np.ndarray, side: str) -> np.ndarray:

@@ -359,3 +359,26 @@ def test_padded_data_trains_seeds_one_by_one(mmsa_files: dict[str, Path], tmp_pa
         train_seeds(mmsa_files["unaligned"], tmp_path / "m.pt", [0, 1], engine="vectorised", dataset=dataset,
                     evaluate_test=False, **TINY)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("side", ["start", "end"])
+def test_valid_lengths_count_the_zero_steps_at_the_padded_side(side: str) -> None:
+    """Against a per-sample loop: the real steps are T minus the all-zero steps at the padded side (at least 1)."""
+    from interp.padding import valid_lengths
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n, steps, d = (int(v) for v in rng.integers(1, 12, size=3))
+        array = rng.normal(size=(n, steps, d)).astype(np.float32)
+        array[rng.random((n, steps)) < 0.5] = 0.0  # whole steps zero, anywhere
+        array[rng.random((n, steps, d)) < 0.2] = 0.0  # single zero features do not make a step padding
+        expected = []
+        for sample in array:
+            order = range(steps) if side == "start" else range(steps - 1, -1, -1)
+            run = 0
+            for step in order:
+                if np.any(sample[step] != 0):
+                    break
+                run += 1
+            expected.append(max(steps - run, 1))
+        assert valid_lengths(array, side).tolist() == expected

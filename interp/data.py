@@ -23,7 +23,7 @@ from interp.errors import DataError, DataWarning
 from interp.mmsa import SplitExtras, detect_layout, mmsa_to_mult
 from interp.padding import stack_lengths
 from interp.pickles import BackgroundSha256, check_file, safe_load_pickle
-from interp.guard import check_nesting, check_planted_info, clean_text, read_json
+from interp.guard import check_nesting, check_planted_info, clean_texts, read_json
 from interp.schema import LAYOUTS, MODALITIES, SPLITS
 from interp.targets import squeeze_sample_axes
 
@@ -261,12 +261,11 @@ def _refuse_complex(where: str, value: Any) -> None:
         raise DataError(f"{where} holds complex numbers; features and labels must be real numbers")
 
 
-def _to_text(value: Any) -> str:
-    """A str from a str / numpy str / bytes / number element (bytes decoded as UTF-8; lone UTF-16 surrogates,
+def _to_texts(values: Any) -> list[str]:
+    """A str from each str / numpy str / bytes / number element (bytes decoded as UTF-8; lone UTF-16 surrogates,
     which no file format can encode, written as ``\\udcXX`` escapes)."""
-    if isinstance(value, (bytes, bytearray, np.bytes_)):
-        return bytes(value).decode("utf-8", errors="replace")
-    return clean_text(str(value))
+    return clean_texts([bytes(v).decode("utf-8", errors="replace") if isinstance(v, (bytes, bytearray, np.bytes_))
+                        else str(v) for v in values])
 
 
 def _raw_ids(split: str, value: Any, n: int) -> list[str]:
@@ -284,7 +283,7 @@ def _raw_ids(split: str, value: Any, n: int) -> list[str]:
     table = array.reshape(n, -1)
     if table.shape[1] == 0:
         return [f"{split}-{row}" for row in range(n)]
-    columns = [[_to_text(v).strip() for v in table[:, k]] for k in range(table.shape[1])]
+    columns = [[text.strip() for text in _to_texts(table[:, k])] for k in range(table.shape[1])]
     last = columns[-1]
     if len(columns) == 1 or len(set(last)) == n:
         return last
@@ -306,9 +305,9 @@ def video_ids(value: Any, ids: list[str]) -> list[str]:
         return list(ids)
     table = np.asarray(value, dtype=object).reshape(len(ids), -1)
     if table.shape[1] >= 2:
-        return [_to_text(v).strip() for v in table[:, 0]]
+        return [text.strip() for text in _to_texts(table[:, 0])]
     if table.shape[1] == 1:
-        raw = [_to_text(v).strip() for v in table[:, 0]]
+        raw = [text.strip() for text in _to_texts(table[:, 0])]
         if raw and all(MMSA_ID_SEPARATOR in text for text in raw):
             return [text.split(MMSA_ID_SEPARATOR, 1)[0] for text in raw]
     return list(ids)
@@ -321,7 +320,7 @@ def _transcripts(split: str, value: Any, n: int) -> list[str] | None:
     array = np.asarray(value, dtype=object).reshape(-1)
     if array.shape[0] != n:
         raise DataError(f"{split}/transcript has {array.shape[0]} entries but the split has {n} samples")
-    return [_to_text(v) for v in array]
+    return _to_texts(array)
 
 
 def _make_ids_unique(splits: dict[str, Split]) -> None:

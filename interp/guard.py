@@ -187,6 +187,13 @@ def clean_text(text: str) -> str:
     return _SURROGATE.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
+def clean_texts(texts: list[str]) -> list[str]:
+    """:func:`clean_text` of each text: one search over all of them when none holds a lone surrogate (the rule)."""
+    if _SURROGATE.search("\n".join(texts)) is None:
+        return texts
+    return [clean_text(text) for text in texts]
+
+
 def xml_safe(text: str) -> str:
     """``text`` without the characters XML 1.0 forbids (NUL, ESC and the other C0 controls but tab and newlines),
     which are shown escaped instead; for text drawn into SVG figures."""
@@ -397,7 +404,7 @@ __all__ = [
     "CHECKPOINT_VERSIONS", "MAX_BOOTSTRAP_SAMPLES", "MAX_CONCEPTS", "MAX_INPUT_DIM", "MAX_JSON_BYTES", "MAX_LAYERS",
     "MAX_LR", "MAX_NESTING", "MAX_ROUTING_ITERATIONS", "MAX_SEED", "MAX_WIDTH", "MAX_WORKERS_PER_CPU",
     "MEMORY_FRACTION", "bootstrap_samples_arg", "check_lr", "check_memory", "check_meta",
-    "check_nesting", "check_planted", "check_planted_info", "check_seed", "clean_text",
+    "check_nesting", "check_planted", "check_planted_info", "check_seed", "clean_text", "clean_texts",
     "lr_arg", "machine_memory", "one_line", "printable", "read_json", "seed_arg", "strip_xml_invalid", "workers_arg",
     "xml_safe", "TRAIN_NUMBERS", "is_int", "is_number", "short_repr",
 ]

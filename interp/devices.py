@@ -1,11 +1,13 @@
 """Where torch runs: the device a name stands for, and the CPU threads it uses.
 
 ``resolve_device("auto")`` is cuda when there is one, else cpu; :func:`set_threads` and :func:`threads` apply
-``--threads`` (a process-wide torch setting, so the CLI and the demo set it, a notebook calls them itself).
+``--threads`` (a process-wide torch setting, so the CLI and the demo set it, a notebook calls them itself);
+:func:`spare_core` says whether a helper thread can work beside torch without slowing it.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -48,3 +50,22 @@ def threads(count: int | None, device: str | torch.device = "cpu") -> Iterator[N
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def spare_core(device: str | torch.device) -> bool:
+    """True when a second thread can work beside torch without slowing it: torch's work runs on a CUDA device, or
+    torch uses fewer CPU threads than this process may run on.
+
+    Measured with ``interp extract`` (default model, 4,096 samples, 2 cores): the run writer in a second thread
+    took 0.96x the time of writing in the caller with ``--threads 1``, but 1.24x with torch on both cores (its
+    threads then wait for the one the writer took)."""
+    if resolve_device(device).type == "cuda":
+        return True
+    return torch.get_num_threads() < usable_cpus()

@@ -2,7 +2,8 @@
 
 One forward pass per batch under ``torch.inference_mode()`` in eval mode gives the logits and, from the same
 pass, each sample's p_i (7,), r_ij (7, J) and contributions p_i r_ij <o_j, f_i W_ij> (7, J) (see
-:mod:`interp.extraction`). Batches stream into parquet row groups (memory stays flat in the number of samples)
+:mod:`interp.extraction`). Batches stream into parquet row groups (memory stays flat in the number of samples),
+written by a second thread while the next batch runs where a core is spare (:mod:`interp.background_writer`),
 inside a temp folder that is renamed into place at the end (see :mod:`interp.runwriter`); under ``torchrun`` each
 rank writes its own shard.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from interp import distributed
-from interp.devices import resolve_device
+from interp.background_writer import BackgroundWriter
+from interp.devices import resolve_device, spare_core
 from interp.errors import InterpError
 from interp.extraction import iterate_batches, open_writer, prepare, run_meta
 from interp.progress import progress_bar
@@ -67,11 +69,13 @@ def extract(
     model = torch.compile(loaded.model) if compile else loaded.model
     writer = open_writer(loaded, source, out_dir, force, row_group_rows)
     started = time.perf_counter()
-    with writer, progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples") as bar:
+    bar_context = progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples")
+    with writer, BackgroundWriter(writer, in_thread=spare_core(torch_device)) as background, bar_context as bar:
         for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
-            writer.write(batch)
+            background.write(batch)
             bar.advance(batch.size)
-            bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
+            bar.update(f"{background.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
+        background.close()
         meta = run_meta(loaded, dataset, source, writer.n, amp, batch_size)
         return writer.finish(meta, force=force)
 
@@ -136,14 +140,16 @@ def _extract_distributed(
             started = time.perf_counter()
             description = f"extract {source.name} (rank 0 of {world.size})"
             bar_context = progress_bar(len(sampler), description, enabled=progress and world.is_main, unit="samples")
-            with writer, bar_context as bar:
+            background = BackgroundWriter(writer, in_thread=spare_core(torch_device))
+            with writer, background, bar_context as bar:
                 batches = iterate_batches(
                     loaded, source, torch_device, batch_size, num_workers, amp, model=model, sampler=sampler
                 )
                 for batch in batches:
-                    writer.write(batch)
+                    background.write(batch)
                     bar.advance(batch.size)
-                    bar.update(f"{writer.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s per rank")
+                    bar.update(f"{background.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s per rank")
+                background.close()
                 writer.close_tables()
                 count = writer.n
         except Exception as exc:

@@ -7,7 +7,9 @@ Both run in one process, interleaved repetition by repetition, on random MOSEI-s
 
 * ``train``: one optimiser step (forward, cross-entropy, backward, clip 1.0, Adam) in training mode;
   old path with encoder dropout 0.1 (what ``interp train`` always did before) and 0.0 (the authors' released
-  run), new path at the authors' configuration (encoder dropouts 0.0, concept dropout 0.5).
+  run), new path at the authors' configuration (encoder dropouts 0.0, concept dropout 0.5) with
+  ``interp.train.adam`` (fused), and the new path with the old Adam (``new, loop Adam``: torch's default, a Python
+  loop over the parameters on the CPU).
 * ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
 
 Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
@@ -21,6 +23,7 @@ samples/s over the samples/s of the rest of ``extract``: batches, routing output
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -38,6 +41,7 @@ from torch import nn  # noqa: E402
 
 from _old_encoders import old_model  # noqa: E402
 from interp.model import ModelConfig, RoutingModel  # noqa: E402
+from interp.train import adam  # noqa: E402
 
 DIMS = (300, 74, 35)
 SIZES = {
@@ -181,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 olds = {"old drop 0.1": old_model(new, dropout=0.1), "old drop 0.0": old_model(new, dropout=0.0)}
                 for batch in batches:
                     x, y = _inputs(batch, args.seq_len, device)
+                    # the old paths with the Adam interp used then (torch's default: a Python loop on the CPU),
+                    # the new path with interp.train.adam (fused), and once more with the old Adam
                     train_paths = {name: ("train", m, torch.optim.Adam(m.parameters(), lr=1e-4))
-                                   for name, m in {**olds, "new": new}.items()}
+                                   for name, m in {**olds, "new, loop Adam": copy.deepcopy(new)}.items()}
+                    train_paths["new"] = ("train", new, adam(new.parameters(), 1e-4, device))
                     fwd_paths = {"old": ("forward", olds["old drop 0.0"], None), "new": ("forward", new, None)}
                     for phase, paths in (("train", train_paths), ("forward", fwd_paths)):
                         if phase not in args.phases.split(","):

@@ -49,7 +49,7 @@ from interp.progress import progress_bar
 from interp.schema import SINGLE_LABEL_TASKS, concept_names
 from interp.metrics import task_metrics
 from interp.targets import targets
-from interp.train import TrainOptions, TrainResult, check_outputs, loss_function, split_tensors
+from interp.train import TrainOptions, TrainResult, adam, check_outputs, loss_function, split_tensors
 
 __all__ = ["train_vectorised"]
 
@@ -110,8 +110,8 @@ def train_vectorised(
     names = [name for name, _ in models[0].named_parameters()]
     params, buffers = stack_module_state(models)  # name -> (K, ...) leaves
     base = copy.deepcopy(models[0]).to("meta")
-    shells = [_Shell(m.cpu(), learning_rate) for m in models]  # per-seed model + Adam, only to write checkpoints
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=learning_rate)
+    shells = [_Shell(m.cpu(), learning_rate, torch_device) for m in models]  # per-seed model + Adam, to write checkpoints
+    optimizer = adam([params[n] for n in names], learning_rate, torch_device)
 
     def logits_of(p: dict[str, Tensor], b: dict[str, Tensor], text: Tensor, audio: Tensor, vision: Tensor,
                   noise: Tensor | None) -> Tensor:
@@ -278,9 +278,9 @@ class _SeedState:
 class _Shell:
     """One seed's ``RoutingModel`` and ``Adam`` on the CPU, filled from the stack to write its checkpoint."""
 
-    def __init__(self, model: RoutingModel, lr: float) -> None:
+    def __init__(self, model: RoutingModel, lr: float, device: torch.device) -> None:
         self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.optimizer = adam(model.parameters(), lr, device)  # records the training device's kind of Adam
 
     @torch.no_grad()
     def load(self, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: list[str], k: int) -> None:
@@ -330,7 +330,7 @@ def _select(
     """New stacked leaves and Adam holding only the seeds at positions ``keep`` (their Adam state carried over)."""
     index = torch.tensor(keep)
     new = {n: params[n].detach()[index.to(params[n].device)].clone().requires_grad_(True) for n in names}
-    new_optimizer = torch.optim.Adam([new[n] for n in names], lr=lr)
+    new_optimizer = adam([new[n] for n in names], lr, next(iter(new.values())).device)
     for n in names:
         state = optimizer.state.get(params[n])
         if state:

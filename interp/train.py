@@ -78,6 +78,17 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task in SINGLE_LABEL_TASKS else nn.BCEWithLogitsLoss()
 
 
+def adam(parameters: Any, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with torch's fused kernel on the CPU and CUDA: one operation for all parameters instead of about ten per
+    parameter in a Python loop (the CPU's default) or ten multi-tensor operations (CUDA's default). The same
+    element-wise update; results agree with the loop to float rounding (1e-5 after 12 steps of the default model).
+
+    Measured (2 cores, one torch thread, ``python bench/train.py --optimizer``): a train step of the default model
+    at B = 32 36.3 -> 30.6 ms, of the paper-size model 940 -> 868 ms (its optimizer step 75 -> 24 ms).
+    """
+    return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 def split_metrics(model: RoutingModel, split: Split, task: str, device: torch.device) -> tuple[float, dict[str, float]]:
     """(mean loss, task metrics) of a split in eval mode."""
     logits = predict_logits(model, split, device)
@@ -248,7 +259,7 @@ def train(
 
     torch.manual_seed(seed)
     model = RoutingModel(config).to(torch_device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = adam(model.parameters(), learning_rate, torch_device)
     history: list[dict[str, float]] = []
     start_epoch = 1
     best = {"loss": math.inf, "epoch": 0, "metrics": {}, "state_dict": None}

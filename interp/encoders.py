@@ -5,6 +5,9 @@ positions; a :class:`SelfAttentionEncoder` per modality and a :class:`CrossModal
 pair of modalities attend over the sequences (pre-norm, scaled-dot-product attention); padded steps are masked
 (:func:`padding_masks`) and only the last real step of each sequence is computed in the last layer.
 :class:`interp.model.RoutingModel` assembles them into the seven features.
+
+Every layer also runs K stacked models at once (parameters with a leading K dim, inputs ``(K, B, T, d)``; see
+:mod:`interp.layers`); padding masks are for one model only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from interp.errors import InterpError
+from interp.layers import LayerNorm, Linear, linear
 
 __all__ = [
     "Attention", "CrossModalEncoder", "CrossModalLayer", "ModalityEmbedding", "SelfAttentionEncoder",
@@ -82,7 +86,7 @@ class ModalityEmbedding(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, T, d_m) -> (B, T, D)``; ``mask (B, T)`` True at padded steps, or None."""
-        h = F.linear(x, self.proj.weight.squeeze(-1)) * self.scale
+        h = linear(x, self.proj.weight.squeeze(-1)) * self.scale
         table = sinusoidal_positions(h.shape[-2], h.shape[-1], h.device, h.dtype)
         if mask is None:
             h = h + table
@@ -110,7 +114,7 @@ class Attention(nn.Module):
         # Creation order as in nn.MultiheadAttention: out_proj first, then the in-projection is re-drawn.
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
@@ -122,28 +126,30 @@ class Attention(nn.Module):
         (the convention of ``nn.MultiheadAttention``); it reaches SDPA as ``attn_mask`` (True = attend).
         Every query needs at least one unpadded key, or its output is NaN.
         """
-        batch, t_q, d_model = x.shape[0], x.shape[-2], x.shape[-1]
+        t_q, d_model = x.shape[-2], x.shape[-1]
         heads = self.n_heads
         d_head = d_model // heads
+        # K stacked models (x (K, B, T, D)) attend as K * B sequences of one model: (N, T, ...) layouts
         if source is None:
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).unflatten(-1, (3, heads, d_head))
+            qkv = linear(x, self.in_proj_weight, self.in_proj_bias).flatten(0, -3).unflatten(-1, (3, heads, d_head))
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:
             w, b = self.in_proj_weight, self.in_proj_bias
-            q = F.linear(x, w[:d_model], b[:d_model]).unflatten(-1, (heads, d_head)).transpose(1, 2)
-            kv = F.linear(source, w[d_model:], b[d_model:]).unflatten(-1, (2, heads, d_head))
+            q = linear(x, w[..., :d_model, :], b[..., :d_model]).flatten(0, -3)
+            q = q.unflatten(-1, (heads, d_head)).transpose(1, 2)
+            kv = linear(source, w[..., d_model:, :], b[..., d_model:]).flatten(0, -3).unflatten(-1, (2, heads, d_head))
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(out.transpose(1, 2).reshape(batch, t_q, d_model))
+        return self.out_proj(out.transpose(1, 2).reshape(*x.shape[:-2], t_q, d_model))
 
 
 def _last(x: Tensor, index: Tensor | None) -> Tensor:
-    """``x (B, T, D)`` -> ``(B, 1, D)`` at time ``index (B,)`` (the last step when None)."""
+    """``x (..., B, T, D)`` -> ``(..., B, 1, D)`` at time ``index (B,)`` (the last step when None)."""
     if index is None:
-        return x[:, -1:]
+        return x[..., -1:, :]
     return x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
 
 
@@ -156,11 +162,11 @@ class SelfAttentionLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
         super().__init__()
         self.self_attn = Attention(d_model, n_heads, attn_dropout)
-        self.linear1 = nn.Linear(d_model, 4 * d_model)
+        self.linear1 = Linear(d_model, 4 * d_model)
         self.dropout = nn.Dropout(relu_dropout)
-        self.linear2 = nn.Linear(4 * d_model, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.linear2 = Linear(4 * d_model, d_model)
+        self.norm1 = LayerNorm(d_model)
+        self.norm2 = LayerNorm(d_model)
         self.dropout1 = nn.Dropout(res_dropout)
         self.dropout2 = nn.Dropout(res_dropout)
 
@@ -189,7 +195,7 @@ class SelfAttentionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             SelfAttentionLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """``x (B, T, D) -> (B, T, D)``; ``key_padding_mask (B, T)`` bool, True = padded (optional)."""
@@ -202,7 +208,7 @@ class SelfAttentionEncoder(nn.Module):
         query-side work of the last layer at the other steps."""
         for layer in self.layers[:-1]:
             x = layer(x, key_padding_mask)
-        return self.norm(self.layers[-1].last_step(x, key_padding_mask, index)).squeeze(1)
+        return self.norm(self.layers[-1].last_step(x, key_padding_mask, index)).squeeze(-2)
 
 
 class CrossModalLayer(nn.Module):
@@ -213,16 +219,16 @@ class CrossModalLayer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
         super().__init__()
-        self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
+        self.norm_q = LayerNorm(d_model)
+        self.norm_kv = LayerNorm(d_model)
         self.attn = Attention(d_model, n_heads, attn_dropout)
         self.drop1 = nn.Dropout(res_dropout)
-        self.norm_ff = nn.LayerNorm(d_model)
+        self.norm_ff = LayerNorm(d_model)
         self.ff = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model),
+            Linear(d_model, 4 * d_model),
             nn.ReLU(),
             nn.Dropout(relu_dropout),
-            nn.Linear(4 * d_model, d_model),
+            Linear(4 * d_model, d_model),
         )
         self.drop2 = nn.Dropout(res_dropout)
 
@@ -242,7 +248,7 @@ class CrossModalEncoder(nn.Module):
         self.layers = nn.ModuleList(
             CrossModalLayer(d_model, n_heads, attn_dropout, relu_dropout, res_dropout) for _ in range(n_layers)
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
 
     def forward(self, x: Tensor, y: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """``x (B, T_q, D)`` queries ``y (B, T_k, D)``; returns ``(B, T_q, D)``. ``key_padding_mask (B, T_k)``
@@ -256,4 +262,4 @@ class CrossModalEncoder(nn.Module):
     ) -> Tensor:
         """``forward(x, y)[b, index[b]]`` as ``(B, D)``. A query step never sees the other query steps (only the
         source), so only the selected step is run through the layers: the same numbers at 1/T_q of the work."""
-        return self.forward(_last(x, index), y, key_padding_mask).squeeze(1)
+        return self.forward(_last(x, index), y, key_padding_mask).squeeze(-2)

@@ -1,8 +1,11 @@
 """Seed ensembles at the price of one model: K seeds trained in one process as one vectorised model.
 
 :func:`train_vectorised` trains the same model under K seeds at once. The K models' parameters are stacked
-(``torch.func.stack_module_state``) and one ``vmap`` of ``functional_call`` runs the K forward and backward
-passes as batched operations. Every seed keeps what a separate ``interp.train.train(seed=s)`` run would have:
+(``torch.func.stack_module_state``) and one ``functional_call`` of the model with the stacked parameters and
+``(K, B, T, d)`` inputs runs the K forward and backward passes as batched operations: every layer of the model takes
+a leading K dim (:mod:`interp.layers`), so a step dispatches about as many operations as one model's, instead of
+the ~2.6x that ``vmap`` dispatched (what bounds a small model's step on a GPU). Every seed keeps what a separate
+``interp.train.train(seed=s)`` run would have:
 
 * its initial weights (``torch.manual_seed(s)`` before building the model, as ``train`` does);
 * its data order (the same per-epoch permutation as ``train``);
@@ -16,19 +19,17 @@ passes as batched operations. Every seed keeps what a separate ``interp.train.tr
   (``--resume`` and ``interp extract`` read it as if ``train`` had written it).
 
 With the encoder dropouts at 0 (the default, the authors' released run) the K results equal K separate ``train``
-runs up to floating-point order (tested with concept dropout on). Encoder dropouts above 0 draw their masks per
-seed through ``vmap(randomness="different")``, from another stream than a separate run's: the result is then
+runs up to floating-point order (tested with concept dropout on). Encoder dropouts above 0 draw their masks for
+all seeds at once (each seed its own), from another stream than a separate run's: the result is then
 another draw of the same training, not the same numbers, and :func:`interp.seeds.train_seeds` does not pick this
 engine by itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.func import functional_call, stack_module_state
 
 from interp import guard
 from interp.checkpoint import cpu_state, save_checkpoint
@@ -113,16 +113,7 @@ def train_vectorised(
     shells = [_Shell(m.cpu(), learning_rate, torch_device) for m in models]  # per-seed model + Adam, to write checkpoints
     optimizer = adam([params[n] for n in names], learning_rate, torch_device)
 
-    def logits_of(p: dict[str, Tensor], b: dict[str, Tensor], text: Tensor, audio: Tensor, vision: Tensor,
-                  noise: Tensor | None) -> Tensor:
-        return functional_call(base, (p, b), (text, audio, vision), {"concept_noise": noise}).logits
-
-    # per seed: its weights, batch and dropout masks; for validation every seed sees the same batch
     p_concept = config.concept_dropout
-    train_logits = _quiet(vmap(logits_of, in_dims=(0, 0, 0, 0, 0, 0 if p_concept > 0 else None),
-                               randomness="different"), torch_device)
-    eval_logits = _quiet(vmap(logits_of, in_dims=(0, 0, None, None, None, None)), torch_device)
-
     text, audio, vision, target = split_tensors(train_split, task)
     generator = torch.Generator()
     n_batches = math.ceil(train_split.n / batch_size)
@@ -148,8 +139,8 @@ def train_vectorised(
                     shape = (batch.shape[1], config.n_concepts, config.d_concept)
                     noise = torch.stack([concept_dropout_noise(shape, p_concept, torch_device, noise_generators[k])
                                          for k in active])
-                logits = train_logits(
-                    params, buffers, text[batch].to(torch_device), audio[batch].to(torch_device),
+                logits = _logits(  # per seed: its weights, batch (K, b, T, d) and dropout masks
+                    base, params, buffers, text[batch].to(torch_device), audio[batch].to(torch_device),
                     vision[batch].to(torch_device), noise,
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
@@ -170,7 +161,7 @@ def train_vectorised(
                     f"epoch {epoch} with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
                     f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
                 )
-            valid_logits = _predict(eval_logits, base, params, buffers, valid_split, torch_device)
+            valid_logits = _predict(base, params, buffers, valid_split, torch_device)
         scores = [_metrics(task, valid_logits[position], valid_split) for position in range(len(active))]
         for (valid_loss, _), k in zip(scores, active):
             if not math.isfinite(valid_loss):
@@ -179,6 +170,7 @@ def train_vectorised(
                     f"with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
                     f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
                 )
+        on_cpu = _StackOnCpu(params, optimizer, names)  # one copy per tensor for all seeds, not one per seed
         for position, k in enumerate(active):
             state = states[k]
             valid_loss, valid_metrics = scores[position]
@@ -187,7 +179,7 @@ def train_vectorised(
                  **valid_metrics}
             )
             shell = shells[k]
-            shell.load(params, optimizer, names, position)
+            shell.load(on_cpu, position)
             if valid_loss < state.best["loss"]:
                 state.best = {"loss": valid_loss, "epoch": epoch, "metrics": valid_metrics,
                               "state_dict": cpu_state(shell.model)}
@@ -244,25 +236,11 @@ def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-#: SDPA backends under ``vmap``, by device type (None: torch's own choice). On the CPU the fused kernel has no
-#: batching rule and would run once per seed; its math backend, which vmap batches, made a vectorised step ~20%
-#: faster (for one model the fused kernel is faster). On CUDA (torch 2.11, H100) the memory-efficient kernel's
-#: backward under vmap fails ("LSE is not correctly aligned (strideH)"), so the math backend there too
-#: (``bench/ensemble.py --sdpa default`` tries torch's own choice).
-VMAP_SDPA_BACKENDS: dict[str, list[SDPBackend] | None] = {"cpu": [SDPBackend.MATH], "cuda": [SDPBackend.MATH]}
-
-
-def _quiet(fn: Any, device: torch.device) -> Any:
-    """``fn`` with SDPA on the backends of :data:`VMAP_SDPA_BACKENDS` for ``device``; torch's warning about a
-    missing batching rule is silenced."""
-    backends = VMAP_SDPA_BACKENDS.get(device.type)
-
-    def call(*args: Any) -> Any:
-        with warnings.catch_warnings(), (sdpa_kernel(backends) if backends else contextlib.nullcontext()):
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-            return fn(*args)
-
-    return call
+def _logits(base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], text: Tensor, audio: Tensor,
+            vision: Tensor, noise: Tensor | None) -> Tensor:
+    """Logits ``(K, B, J)`` of the K stacked models: ``params``/``buffers`` name -> ``(K, ...)``, inputs
+    ``(K, B, T, d)`` (model k on slice k), ``noise (K, B, J, d_c)`` or None."""
+    return functional_call(base, (params, buffers), (text, audio, vision), {"concept_noise": noise}).logits
 
 
 class _SeedState:
@@ -283,18 +261,27 @@ class _Shell:
         self.optimizer = adam(model.parameters(), lr, device)  # records the training device's kind of Adam
 
     @torch.no_grad()
-    def load(self, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: list[str], k: int) -> None:
+    def load(self, stack: "_StackOnCpu", k: int) -> None:
         """Copy slice ``k`` of the stacked weights and Adam state into this seed's model and optimiser."""
         for name, p in self.model.named_parameters():
-            stacked = params[name]
-            p.copy_(stacked[k])
-            state = optimizer.state.get(stacked)
+            p.copy_(stack.weights[name][k])
+            state = stack.adam.get(name)
             if state:
-                self.optimizer.state[p] = {
-                    "step": state["step"].detach().cpu().clone(),
-                    "exp_avg": state["exp_avg"][k].detach().cpu().clone(),
-                    "exp_avg_sq": state["exp_avg_sq"][k].detach().cpu().clone(),
-                }
+                self.optimizer.state[p] = {"step": state["step"].clone(), "exp_avg": state["exp_avg"][k].clone(),
+                                           "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+
+
+class _StackOnCpu:
+    """The stacked weights ``(K, ...)`` and Adam state of every parameter, copied to the CPU once per epoch (on a
+    GPU: one transfer per tensor for all seeds, instead of one per tensor and seed)."""
+
+    def __init__(self, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: list[str]) -> None:
+        self.weights = {n: params[n].detach().cpu() for n in names}
+        self.adam: dict[str, dict[str, Tensor]] = {}
+        for n in names:
+            state = optimizer.state.get(params[n])
+            if state:
+                self.adam[n] = {key: state[key].detach().cpu() for key in ("step", "exp_avg", "exp_avg_sq")}
 
 
 def _per_seed_loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
@@ -312,12 +299,13 @@ def _clip_per_seed(stacked: list[Tensor], max_norm: float) -> None:
     """``clip_grad_norm_`` for each seed: the norm over seed k's slices of every gradient (``(K, ...)`` each).
 
     With torch's multi-tensor kernels: one norm over all K x G slices and one scaling per seed, instead of
-    a kernel per parameter (what made a vectorised step launch-bound on a GPU)."""
+    a kernel per parameter (what made a vectorised step launch-bound on a GPU); the slices come from one
+    ``unbind`` per gradient (G operations, not K x G)."""
     grads = [p.grad for p in stacked if p.grad is not None]
     if not grads:
         return
     k = grads[0].shape[0]
-    slices = [[g[i] for g in grads] for i in range(k)]  # seed i's slice of every gradient (views)
+    slices = [list(per_seed) for per_seed in zip(*(g.unbind(0) for g in grads))]  # seed i's slice of each (views)
     norms = torch.stack(torch._foreach_norm([t for per_seed in slices for t in per_seed])).view(k, len(grads))
     scale = (max_norm / (norms.norm(dim=1) + 1e-6)).clamp(max=1.0)  # (K,), as clip_grad_norm_ computes it
     for i in range(k):
@@ -345,18 +333,19 @@ def _select(
 
 @torch.no_grad()
 def _predict(
-    eval_logits: Any, base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], split: Split,
-    device: torch.device, batch_size: int = 256,
+    base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], split: Split, device: torch.device,
+    batch_size: int = 256,
 ) -> np.ndarray:
     """Logits ``(K, N, J)`` of every seed on a split, in eval mode (as :func:`interp.inference.predict_logits`)."""
     base.eval()
     detached = {n: p.detach() for n, p in params.items()}
+    k = next(iter(detached.values())).shape[0]
     outputs = []
     for start in range(0, split.n, batch_size):
         stop = min(start + batch_size, split.n)
-        batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device)
-                 for a in (split.text, split.audio, split.vision)]
-        outputs.append(eval_logits(detached, buffers, *batch, None).float().cpu().numpy())
+        batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device).expand(k, -1, -1, -1)
+                 for a in (split.text, split.audio, split.vision)]  # every seed sees the same batch
+        outputs.append(_logits(base, detached, buffers, *batch, None).float().cpu().numpy())
     return np.concatenate(outputs, axis=1)
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from interp.encoders import CrossModalEncoder, ModalityEmbedding, SelfAttentionEncoder, last_valid, padding_masks
 from interp.errors import CheckpointError, InterpError
+from interp.layers import Linear, n_stacked
 from interp.schema import FEATURE_MODALITIES, FEATURES, VARIANTS
 
 __all__ = ["ModelConfig", "RoutingOutput", "RoutingModel", "concept_dropout_noise", "route"]
@@ -192,8 +193,8 @@ def route(
         raise InterpError(f"routing iterations must be >= 0, got {iterations}")
     if keep is not None and (keep.dim() not in (2, 3) or keep.shape[0] != p.shape[0] or keep.shape[-1] != p.shape[1]):
         raise InterpError(f"keep mask must be (B, {p.shape[1]}) or (B, S, {p.shape[1]}), got {tuple(keep.shape)}")
-    n_concepts = W.shape[2]
-    votes = torch.einsum("bif,ifjc->bijc", f, W)
+    n_concepts = W.shape[-2]
+    votes = torch.einsum("...bif,...ifjc->...bijc", f, W)
     routed = votes
     if keep is not None:
         keep = keep.to(device=votes.device, dtype=votes.dtype)
@@ -203,9 +204,9 @@ def route(
     if iterations == 0:
         r = torch.full((*p.shape, n_concepts), 1.0 / n_concepts, dtype=votes.dtype, device=votes.device)
         return _weighted_sum(p, r, routed), r, votes
-    scale = 1.0 / math.sqrt(W.shape[3])
+    scale = 1.0 / math.sqrt(W.shape[-1])
     if keep is None:
-        concepts = votes.sum(dim=1) / n_concepts
+        concepts = votes.sum(dim=-3) / n_concepts
     else:
         concepts = (keep.unsqueeze(-1).unsqueeze(-1) * routed).sum(dim=-3) / n_concepts
     for _ in range(iterations):
@@ -292,7 +293,7 @@ class RoutingModel(nn.Module):
         self.cross_encoders = nn.ModuleDict(
             {name: CrossModalEncoder(c.d_model, c.n_heads, c.n_layers, *encoder_dropouts) for name in _CROSS_PAIRS}
         )
-        self.fusion = nn.Linear(3 * c.d_model, c.d_model)
+        self.fusion = Linear(3 * c.d_model, c.d_model)
         # Seven linear heads D -> d_f + 1, batched.
         bound = 1.0 / math.sqrt(c.d_model)
         self.head_weight = nn.Parameter(torch.empty(N_FEATURES, c.d_model, c.d_feature + 1).uniform_(-bound, bound))
@@ -305,17 +306,21 @@ class RoutingModel(nn.Module):
         """Number of scalar parameters."""
         return sum(p.numel() for p in self.parameters())
 
-    def _check_inputs(self, text: Tensor, audio: Tensor, vision: Tensor) -> None:
-        batch = text.shape[0] if text.dim() == 3 else None
+    def _check_inputs(self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None) -> None:
+        stacked = n_stacked(self.o, 2)  # K when called with K stacked models' parameters (interp.ensemble_train)
+        dims, layout = (3, "(batch, time, dim)") if stacked is None else (4, f"({stacked} models, batch, time, dim)")
+        batch = text.shape[-3] if text.dim() == dims else None
         for name, x, d in zip(("text", "audio", "vision"), (text, audio, vision), self.config.input_dims):
-            if x.dim() != 3:
-                raise InterpError(f"{name} input must be (batch, time, dim), got shape {tuple(x.shape)}")
-            if x.shape[2] != d:
-                raise InterpError(f"{name} input has feature dim {x.shape[2]} but the model expects {d}")
-            if x.shape[1] < 1:
+            if x.dim() != dims or (stacked is not None and x.shape[0] != stacked):
+                raise InterpError(f"{name} input must be {layout}, got shape {tuple(x.shape)}")
+            if x.shape[-1] != d:
+                raise InterpError(f"{name} input has feature dim {x.shape[-1]} but the model expects {d}")
+            if x.shape[-2] < 1:
                 raise InterpError(f"{name} input has an empty time axis")
-            if x.shape[0] != batch:
-                raise InterpError(f"inputs disagree on batch size: text {batch}, {name} {x.shape[0]}")
+            if x.shape[-3] != batch:
+                raise InterpError(f"inputs disagree on batch size: text {batch}, {name} {x.shape[-3]}")
+        if stacked is not None and lengths is not None:
+            raise InterpError("padded sequences are not supported with stacked models; run the models one by one")
 
     def encode(
         self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"
@@ -324,8 +329,8 @@ class RoutingModel(nn.Module):
 
         Runs in the ambient autocast dtype (if any). ``lengths (B, 3)`` / ``padding``: see the class docstring.
         """
-        self._check_inputs(text, audio, vision)
-        masks = padding_masks(lengths, (text.shape[1], audio.shape[1], vision.shape[1]), padding)
+        self._check_inputs(text, audio, vision, lengths)
+        masks = padding_masks(lengths, (text.shape[-2], audio.shape[-2], vision.shape[-2]), padding)
         x = [emb(m, mask) for emb, m, mask in zip(self.embed, (text, audio, vision), masks)]
         index = [last_valid(mask) for mask in masks]
         unimodal = [enc.last_step(xm, mask, i) for enc, xm, mask, i in zip(self.self_encoders, x, masks, index)]
@@ -334,11 +339,11 @@ class RoutingModel(nn.Module):
             for name, (q, k) in _CROSS_PAIRS.items()
         }
         tav = self.fusion(torch.cat([last["at"], last["va"], last["tv"]], dim=-1))
-        return torch.stack([*unimodal, last["ta"], last["av"], last["vt"], tav], dim=1)
+        return torch.stack([*unimodal, last["ta"], last["av"], last["vt"], tav], dim=-2)
 
     def _heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """``h (B, 7, D)`` float32 -> ``(f (B, 7, d_f), p (B, 7))``."""
-        out = torch.einsum("bid,ide->bie", h, self.head_weight) + self.head_bias
+        out = torch.einsum("...bid,...ide->...bie", h, self.head_weight) + self.head_bias.unsqueeze(-3)
         return out[..., :-1], torch.sigmoid(out[..., -1])
 
     def features(
@@ -376,6 +381,6 @@ class RoutingModel(nn.Module):
                 concepts_used = concepts * concept_noise
             else:
                 concepts_used = concepts
-            logits = torch.einsum("bjc,jc->bj", concepts_used, o)
-            contributions = p.unsqueeze(-1) * r * (votes * o).sum(-1)  # p_i r_ij <o_j, u_ij>
+            logits = torch.einsum("...bjc,...jc->...bj", concepts_used, o)
+            contributions = p.unsqueeze(-1) * r * (votes * o.unsqueeze(-3).unsqueeze(-3)).sum(-1)  # p_i r_ij <o_j, u_ij>
         return RoutingOutput(logits=logits, p=p, r=r, contributions=contributions)

@@ -191,9 +191,11 @@ ENGINE_CHOICES: tuple[str, ...] = SEED_ENGINES
 
 
 #: On the CPU the vectorised engine pays only for small encoders, where per-operation overhead dominates
-#: (``bench/ensemble.py``, K = 5, one thread, sequential s / vectorised s): d_model 32 (the default) 1.17 to 1.35,
-#: 64: 1.01, 128: 0.92, the paper size (200, 7 layers; K = 3) 0.85. So ``auto`` vectorises on the CPU up to this.
-CPU_VECTORISED_MAX_D_MODEL = 32
+#: (``bench/ensemble.py --epochs 1``, K = 5, one thread, sequential s / vectorised s, stacked layers of
+#: :mod:`interp.layers`): d_model 32 (the default) 1.18 to 1.24, 64: 1.14 to 1.15, 128: 0.96, the paper size (200, 7
+#: layers; K = 3) 0.81: there the K models' arithmetic dominates, which stacking does not reduce. So ``auto``
+#: vectorises on the CPU up to this.
+CPU_VECTORISED_MAX_D_MODEL = 64
 
 
 def choose_engine(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any]) -> tuple[str, str]:

@@ -155,6 +155,8 @@ def test_choose_engine_says_why(synth_data: Path, tmp_path: Path) -> None:
     assert choose_engine(dataset, jobs[:1], {}) == ("sequential", "one seed")
     name, reason = choose_engine(dataset, jobs, {"device": "cpu", "d_model": 200, "n_heads": 20})
     assert name == "sequential" and "d_model 200 on the CPU" in reason
+    assert choose_engine(dataset, jobs, {"device": "cpu", "d_model": 64})[0] == "vectorised"  # the measured limit
+    assert choose_engine(dataset, jobs, {"device": "cpu", "d_model": 128})[0] == "sequential"
     name, reason = choose_engine(dataset, jobs, {"attn_dropout": 0.1})
     assert name == "sequential" and "encoder dropout" in reason
     assert choose_engine(dataset, jobs, {"resume": True})[0] == "vectorised"  # nothing to resume yet

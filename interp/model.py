@@ -306,7 +306,7 @@ class RoutingModel(nn.Module):
         """Number of scalar parameters."""
         return sum(p.numel() for p in self.parameters())
 
-    def _check_inputs(self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None) -> None:
+    def _check_inputs(self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None) -> None:
         stacked = n_stacked(self.o, 2)  # K when called with K stacked models' parameters (interp.ensemble_train)
         dims, layout = (3, "(batch, time, dim)") if stacked is None else (4, f"({stacked} models, batch, time, dim)")
         batch = text.shape[-3] if text.dim() == dims else None

@@ -6,8 +6,8 @@ pair of modalities attend over the sequences (pre-norm, scaled-dot-product atten
 (:func:`padding_masks`) and only the last real step of each sequence is computed in the last layer.
 :class:`interp.model.RoutingModel` assembles them into the seven features.
 
-Every layer also runs K stacked models at once (parameters with a leading K dim, inputs ``(K, B, T, d)``; see
-:mod:`interp.layers`); padding masks are for one model only.
+Every layer also runs K stacked models at once (parameters with a leading K dim, inputs ``(K, B, T, d)`` and masks
+``(K, B, T)``; see :mod:`interp.layers`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def padding_masks(
     """Key-padding masks ``(B, T_m)`` bool, True at padded steps (PyTorch's convention), one per modality.
 
     ``lengths``: ``(B, 3)`` real steps of text, audio, vision (each in [1, T_m]) or None (no masks: full length);
+    ``(K, B, 3)`` for K stacked models gives ``(K, B, T_m)`` masks;
     ``side``: ``end`` (real steps first, MMSA) or ``start`` (real steps last, MulT); ``none`` means no masks.
     A modality whose samples are all full length gets None.
     """
@@ -52,22 +53,22 @@ def padding_masks(
         raise InterpError(f"unknown padding side {side!r}; choose end, start or none")
     masks: list[Tensor | None] = []
     for m, steps in enumerate(seq_lens):
-        length = lengths[:, m].to(torch.long).clamp(1, steps).unsqueeze(1)
+        length = lengths[..., m].to(torch.long).clamp(1, steps).unsqueeze(-1)
         if bool((length == steps).all()):
             masks.append(None)
             continue
-        index = torch.arange(steps, device=lengths.device).unsqueeze(0)
+        index = torch.arange(steps, device=lengths.device)
         masks.append(index >= length if side == "end" else index < steps - length)
     return masks[0], masks[1], masks[2]
 
 
 def last_valid(mask: Tensor | None) -> Tensor | None:
-    """Index ``(B,)`` of each sample's last real step (``mask (B, T)`` True at padding); None (the last step)
-    when there is no mask."""
+    """Index ``(..., B)`` of each sample's last real step (``mask (..., B, T)`` True at padding); None (the last
+    step) when there is no mask."""
     if mask is None:
         return None
     valid = (~mask).to(torch.int8)
-    return mask.shape[1] - 1 - valid.flip(1).argmax(dim=1)
+    return mask.shape[-1] - 1 - valid.flip(-1).argmax(dim=-1)
 
 
 class ModalityEmbedding(nn.Module):
@@ -91,7 +92,7 @@ class ModalityEmbedding(nn.Module):
         if mask is None:
             h = h + table
         else:
-            position = ((~mask).to(torch.long).cumsum(dim=1) - 1).clamp(min=0)
+            position = ((~mask).to(torch.long).cumsum(dim=-1) - 1).clamp(min=0)
             h = h + table[position]
         return self.dropout(h)
 
@@ -139,7 +140,7 @@ class Attention(nn.Module):
             q = q.unflatten(-1, (heads, d_head)).transpose(1, 2)
             kv = linear(source, w[..., d_model:, :], b[..., d_model:]).flatten(0, -3).unflatten(-1, (2, heads, d_head))
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        mask = None if key_padding_mask is None else ~key_padding_mask.flatten(0, -2)[:, None, None, :]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -147,10 +148,10 @@ class Attention(nn.Module):
 
 
 def _last(x: Tensor, index: Tensor | None) -> Tensor:
-    """``x (..., B, T, D)`` -> ``(..., B, 1, D)`` at time ``index (B,)`` (the last step when None)."""
+    """``x (..., B, T, D)`` -> ``(..., B, 1, D)`` at time ``index (..., B)`` (the last step when None)."""
     if index is None:
         return x[..., -1:, :]
-    return x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
+    return x.gather(-2, index[..., None, None].expand(*index.shape, 1, x.shape[-1]))
 
 
 class SelfAttentionLayer(nn.Module):

@@ -49,6 +49,7 @@ from interp.progress import progress_bar
 from interp.schema import SINGLE_LABEL_TASKS, concept_names
 from interp.metrics import task_metrics
 from interp.targets import targets
+from interp.inference import split_lengths
 from interp.train import TrainOptions, TrainResult, adam, check_outputs, loss_function, split_tensors
 
 __all__ = ["train_vectorised"]
@@ -72,8 +73,8 @@ def train_vectorised(
     ``options``: a :class:`~interp.train.TrainOptions`, or its fields as keyword arguments (the options of
     :func:`interp.train.train` except ``seed``, ``out`` and ``resume``). ``on_epoch(seed, row)`` is called after
     each epoch of each seed with its history row; ``on_stop(seed)`` when a seed stops early. Returns one
-    :class:`~interp.train.TrainResult` per seed, in the order given. Padded data is refused (masks are per
-    sample, the batched encoders do not take them yet).
+    :class:`~interp.train.TrainResult` per seed, in the order given. Padded data is masked as ``train`` masks it
+    (each seed's batch with its own lengths).
     """
     started = time.perf_counter()
     if options is None:
@@ -90,8 +91,6 @@ def train_vectorised(
         check_outputs(out, Path(dataset.path if dataset is not None else data_path), resume=False)
     dataset = dataset if dataset is not None else load_dataset(data_path, format=format)
     train_split, valid_split = get_split(dataset, "train"), get_split(dataset, "valid")
-    if any(getattr(s, "lengths", None) is not None for s in (train_split, valid_split)):
-        raise InterpError("padded sequences are not supported by the vectorised engine yet; train the seeds one by one")
     task, batch_size, epochs, patience = options.task, options.batch_size, options.epochs, options.patience
     torch_device = resolve_device(options.device)
     learning_rate = options.learning_rate
@@ -115,6 +114,7 @@ def train_vectorised(
 
     p_concept = config.concept_dropout
     text, audio, vision, target = split_tensors(train_split, task)
+    lengths = split_lengths(train_split)  # (N, 3) real steps of padded data, else None
     generator = torch.Generator()
     n_batches = math.ceil(train_split.n / batch_size)
     active = list(range(len(seeds)))  # positions (into seeds) still training, in stack order
@@ -139,9 +139,10 @@ def train_vectorised(
                     shape = (batch.shape[1], config.n_concepts, config.d_concept)
                     noise = torch.stack([concept_dropout_noise(shape, p_concept, torch_device, noise_generators[k])
                                          for k in active])
-                logits = _logits(  # per seed: its weights, batch (K, b, T, d) and dropout masks
+                logits = _logits(  # per seed: its weights, batch (K, b, T, d), padding and dropout masks
                     base, params, buffers, text[batch].to(torch_device), audio[batch].to(torch_device),
                     vision[batch].to(torch_device), noise,
+                    lengths[batch].to(torch_device) if lengths is not None else None, train_split.padding,
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
                 optimizer.zero_grad(set_to_none=True)
@@ -237,10 +238,12 @@ def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def _logits(base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], text: Tensor, audio: Tensor,
-            vision: Tensor, noise: Tensor | None) -> Tensor:
+            vision: Tensor, noise: Tensor | None, lengths: Tensor | None = None, padding: str = "none") -> Tensor:
     """Logits ``(K, B, J)`` of the K stacked models: ``params``/``buffers`` name -> ``(K, ...)``, inputs
-    ``(K, B, T, d)`` (model k on slice k), ``noise (K, B, J, d_c)`` or None."""
-    return functional_call(base, (params, buffers), (text, audio, vision), {"concept_noise": noise}).logits
+    ``(K, B, T, d)`` (model k on slice k), ``noise (K, B, J, d_c)`` or None, ``lengths (K, B, 3)`` of padded data
+    (``padding`` its side) or None."""
+    return functional_call(base, (params, buffers), (text, audio, vision, lengths, padding),
+                           {"concept_noise": noise}).logits
 
 
 class _SeedState:
@@ -340,12 +343,14 @@ def _predict(
     base.eval()
     detached = {n: p.detach() for n, p in params.items()}
     k = next(iter(detached.values())).shape[0]
+    lengths = split_lengths(split)
     outputs = []
     for start in range(0, split.n, batch_size):
         stop = min(start + batch_size, split.n)
         batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device).expand(k, -1, -1, -1)
                  for a in (split.text, split.audio, split.vision)]  # every seed sees the same batch
-        outputs.append(_logits(base, detached, buffers, *batch, None).float().cpu().numpy())
+        steps = lengths[start:stop].to(device).expand(k, -1, -1) if lengths is not None else None
+        outputs.append(_logits(base, detached, buffers, *batch, None, steps, split.padding).float().cpu().numpy())
     return np.concatenate(outputs, axis=1)
 
 

@@ -319,8 +319,9 @@ class RoutingModel(nn.Module):
                 raise InterpError(f"{name} input has an empty time axis")
             if x.shape[-3] != batch:
                 raise InterpError(f"inputs disagree on batch size: text {batch}, {name} {x.shape[-3]}")
-        if stacked is not None and lengths is not None:
-            raise InterpError("padded sequences are not supported with stacked models; run the models one by one")
+        if stacked is not None and lengths is not None and tuple(lengths.shape) != (stacked, batch, 3):
+            raise InterpError(f"lengths of {stacked} stacked models must be ({stacked}, batch, 3), got "
+                              f"{tuple(lengths.shape)}")
 
     def encode(
         self, text: Tensor, audio: Tensor, vision: Tensor, lengths: Tensor | None = None, padding: str = "end"

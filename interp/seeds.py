@@ -28,7 +28,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from interp.data import Dataset, get_split, load_dataset
+from interp.data import Dataset, load_dataset
 from interp.devices import resolve_device
 from interp.ensemble_train import train_vectorised
 from interp.errors import InterpError
@@ -156,7 +156,7 @@ def vectorised_engine(
     dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any], progress: SeedProgress
 ) -> list[TrainResult]:
     """All the seeds at once, as one vectorised model (:func:`interp.ensemble_train.train_vectorised`). It starts
-    every seed afresh and takes no padded data: see :func:`vectorised_refusal`."""
+    every seed afresh: see :func:`vectorised_refusal`."""
     refusal = vectorised_refusal(dataset, jobs, options)
     if refusal is not None:
         raise InterpError(refusal)
@@ -172,13 +172,11 @@ def vectorised_engine(
 
 def vectorised_refusal(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: Mapping[str, Any]) -> str | None:
     """Why the vectorised engine cannot train these jobs (a one-line message), or None when it can: it does not
-    resume existing checkpoints and takes no padded sequences (the batched encoders take no masks yet)."""
+    resume existing checkpoints."""
     existing = [str(path) for _, path in jobs if path.is_file()]
     if options.get("resume") and existing:
         return (f"the vectorised engine cannot resume ({existing[0]} exists); pass --engine sequential to continue "
                 "each seed's checkpoint")
-    if any(get_split(dataset, name).lengths is not None for name in ("train", "valid")):
-        return "padded sequences are not supported by the vectorised engine yet; pass --engine sequential"
     return None
 
 
@@ -202,7 +200,7 @@ def choose_engine(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: M
     """The engine ``"auto"`` picks for these jobs and why: ``(name, reason)``.
 
     ``vectorised`` when it trains the same models as the sequential engine (no encoder dropout: see
-    :mod:`interp.ensemble_train`), can (two seeds or more, no padded sequences, no checkpoint to resume) and was
+    :mod:`interp.ensemble_train`), can (two seeds or more, no checkpoint to resume) and was
     measured faster: on a CUDA device, or on the CPU for d_model up to :data:`CPU_VECTORISED_MAX_D_MODEL`.
     ``sequential`` otherwise.
     """
@@ -210,10 +208,8 @@ def choose_engine(dataset: Dataset, jobs: Sequence[tuple[int, Path]], options: M
     train_options = TrainOptions.from_kwargs(**settings)
     if len(jobs) < 2:
         return "sequential", "one seed"
-    if options.get("resume") and any(path.is_file() for _, path in jobs):
-        return "sequential", "--resume continues existing checkpoints one by one"
     if vectorised_refusal(dataset, jobs, options) is not None:
-        return "sequential", "padded sequences are not supported by the vectorised engine yet"
+        return "sequential", "--resume continues existing checkpoints one by one"
     if train_options.encoder_dropout:
         return "sequential", "encoder dropout on: the vectorised engine would draw other masks than separate runs"
     device = resolve_device(train_options.device)

@@ -97,5 +97,25 @@ def test_stacked_inputs_are_checked() -> None:
         functional_call(base, (params, buffers), (good[0][0], good[1][0], good[2][0]))  # one model's inputs
     with pytest.raises(InterpError, match="3 models"):
         functional_call(base, (params, buffers), (good[0][:2], good[1][:2], good[2][:2]))  # 2 of the 3 slices
-    with pytest.raises(InterpError, match="padded sequences"):
+    with pytest.raises(InterpError, match=r"lengths of 3 stacked models must be \(3, batch, 3\)"):
         functional_call(base, (params, buffers), tuple(good), {"lengths": torch.ones(2, 3, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("side", ["start", "end"])
+def test_stacked_models_mask_each_ones_padding(side: str) -> None:
+    """Lengths ``(K, B, 3)``: slice k is model k run on its own padded batch with its own lengths."""
+    models, params, buffers, base = _stack()
+    g = torch.Generator().manual_seed(4)
+    steps = (5, 3, 4)
+    x = [torch.randn(K, 6, t, d, generator=g) for t, d in zip(steps, (5, 3, 7))]
+    lengths = torch.stack([torch.randint(1, t + 1, (K, 6), generator=g) for t in steps], dim=-1)
+    lengths[0, 0] = torch.tensor(steps)  # one sample without padding
+    for module in (*models, base):
+        module.eval()
+    out = functional_call(base, (params, buffers), (*x, lengths, side))
+    for k, model in enumerate(models):
+        alone = model(*(t[k] for t in x), lengths[k], side)
+        for name in ("logits", "r", "contributions"):
+            torch.testing.assert_close(getattr(out, name)[k], getattr(alone, name), atol=1e-6, rtol=1e-5, msg=name)
+    unmasked = functional_call(base, (params, buffers), tuple(x))
+    assert (unmasked.logits - out.logits).abs().max() > 1e-3  # the masks change the outputs here

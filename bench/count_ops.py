@@ -1,0 +1,134 @@
+"""Operations one train step dispatches: what bounds a small model's step on a GPU, counted on any machine.
+
+A small model's step on a GPU costs about the same at B = 32 and B = 256 (issue 15, H100): each operation costs
+a launch, whatever its size. This script counts every ATen operation below autograd (views included) of one step
+(forward, cross-entropy, backward, clip 1.0, Adam) with a ``TorchDispatchMode``, on the CPU:
+
+* ``old path``: the encoders before issue 15 (``bench/_old_encoders.py``), with the multi-tensor Adam that CUDA
+  uses by default;
+* ``new path, multi-tensor Adam`` and ``new path, fused Adam`` (``interp.train.adam``, what ``interp train`` uses);
+* ``K stacked``: one step of K seeds as ``interp.ensemble_train`` runs it (stacked weights, per-seed concept
+  dropout, loss, clipping and fused Adam).
+
+Usage: ``python bench/count_ops.py [--models default,paper] [--batch 32] [--k 5]``. The counts do not depend on
+the machine or the load; only the shapes and torch's version change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import stack_module_state  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from _old_encoders import old_model  # noqa: E402
+from interp import ensemble_train  # noqa: E402
+from interp.model import ModelConfig, RoutingModel, concept_dropout_noise  # noqa: E402
+from interp.train import adam  # noqa: E402
+
+DIMS = (300, 74, 35)
+SIZES = {"default": dict(d_model=32, n_heads=4, n_layers=2), "paper": dict(d_model=200, n_heads=20, n_layers=7)}
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _counted(step) -> int:  # type: ignore[no-untyped-def]
+    step()  # the first step creates Adam's state; count the second
+    with _Count() as count:
+        step()
+    return count.n
+
+
+def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> int:  # type: ignore[no-untyped-def]
+    def step() -> None:
+        model.train()
+        loss = nn.functional.cross_entropy(model(*x).logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return _counted(step)
+
+
+def stacked(config: ModelConfig, k: int, x, y) -> int:  # type: ignore[no-untyped-def]
+    """One step of ``interp.ensemble_train.train_vectorised``'s loop (its private helpers, as it calls them)."""
+    models = [RoutingModel(config) for _ in range(k)]
+    params, buffers = stack_module_state(models)
+    names = list(params)
+    base = copy.deepcopy(models[0]).to("meta")
+    optimizer = adam([params[n] for n in names], 1e-4, torch.device("cpu"))
+    xs = [t.expand(k, *t.shape) for t in x]
+    ys = y.expand(k, *y.shape)
+    batch = y.shape[0]
+
+    def step() -> None:
+        base.train()
+        noise = torch.stack([concept_dropout_noise((batch, config.n_concepts, config.d_concept), 0.5, "cpu")
+                             for _ in range(k)])
+        logits = ensemble_train._logits(base, params, buffers, *xs, noise)
+        losses = ensemble_train._per_seed_loss("sentiment", logits, ys)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        ensemble_train._clip_per_seed([params[n] for n in names], 1.0)
+        optimizer.step()
+
+    return _counted(step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="default,paper")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}; operations of one train step, B = {args.batch}, T = 20, dims {DIMS}")
+    print(f"{'model':<8} {'path':<32} {'operations':>11} {'ratio':>22}")
+    for size in args.models.split(","):
+        config = ModelConfig(task="sentiment", variant="routing", input_dims=DIMS, n_concepts=7, **SIZES[size])
+        g = torch.Generator().manual_seed(0)
+        x = tuple(torch.randn(args.batch, 20, d, generator=g) for d in DIMS)
+        y = torch.randint(0, 7, (args.batch,), generator=g)
+        torch.manual_seed(0)
+        new = RoutingModel(config)
+        old = old_model(new, dropout=0.0)
+        fused = copy.deepcopy(new)
+        counts = {
+            "old path, multi-tensor Adam": one_model(old, torch.optim.Adam(old.parameters(), lr=1e-4, foreach=True), x, y),
+            "new path, multi-tensor Adam": one_model(new, torch.optim.Adam(new.parameters(), lr=1e-4, foreach=True), x, y),
+            "new path, fused Adam": one_model(fused, adam(fused.parameters(), 1e-4, torch.device("cpu")), x, y),
+        }
+        if size == "default" or args.k <= 3:
+            counts[f"{args.k} stacked, fused Adam"] = stacked(config, args.k, x, y)
+        for path, n in counts.items():
+            if path.startswith("old"):
+                ratio = ""
+            elif "stacked" in path:
+                ratio = f"x{n / counts['new path, fused Adam']:.2f} one model"
+            else:
+                ratio = f"old / this x{counts['old path, multi-tensor Adam'] / n:.2f}"
+            print(f"{size:<8} {path:<32} {n:>11,} {ratio:>22}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

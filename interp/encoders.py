@@ -84,11 +84,20 @@ class ModalityEmbedding(nn.Module):
         self.proj = nn.Conv1d(d_in, d_model, kernel_size=1, bias=False)
         self.scale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
+        self._positions: tuple[tuple, Tensor] | None = None  # (key, table): not a buffer, not in the state dict
+
+    def positions(self, length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """:func:`sinusoidal_positions` ``(length, dim)``, kept from the last call with the same shape, device and
+        dtype: the table costs about ten operations to build, each a kernel launch on a GPU, at every forward."""
+        key = (length, dim, device, dtype)
+        if self._positions is None or self._positions[0] != key:
+            self._positions = (key, sinusoidal_positions(length, dim, device, dtype))
+        return self._positions[1]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, T, d_m) -> (B, T, D)``; ``mask (B, T)`` True at padded steps, or None."""
         h = linear(x, self.proj.weight.squeeze(-1)) * self.scale
-        table = sinusoidal_positions(h.shape[-2], h.shape[-1], h.device, h.dtype)
+        table = self.positions(h.shape[-2], h.shape[-1], h.device, h.dtype)
         if mask is None:
             h = h + table
         else:
@@ -135,10 +144,12 @@ class Attention(nn.Module):
             qkv = linear(x, self.in_proj_weight, self.in_proj_bias).flatten(0, -3).unflatten(-1, (3, heads, d_head))
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            w, b = self.in_proj_weight, self.in_proj_bias
-            q = linear(x, w[..., :d_model, :], b[..., :d_model]).flatten(0, -3)
+            # split, not two slices: its backward is one cat, where slices cost a zero-fill, a copy and an add
+            w_q, w_kv = self.in_proj_weight.split((d_model, 2 * d_model), dim=-2)
+            b_q, b_kv = self.in_proj_bias.split((d_model, 2 * d_model), dim=-1)
+            q = linear(x, w_q, b_q).flatten(0, -3)
             q = q.unflatten(-1, (heads, d_head)).transpose(1, 2)
-            kv = linear(source, w[..., d_model:, :], b[..., d_model:]).flatten(0, -3).unflatten(-1, (2, heads, d_head))
+            kv = linear(source, w_kv, b_kv).flatten(0, -3).unflatten(-1, (2, heads, d_head))
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         mask = None if key_padding_mask is None else ~key_padding_mask.flatten(0, -2)[:, None, None, :]
         out = F.scaled_dot_product_attention(

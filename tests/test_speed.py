@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -129,3 +130,23 @@ def test_cli_dropout_flags_reach_the_checkpoint(synth_data: Path, tmp_path: Path
     assert (cfg["embed_dropout"], cfg["attn_dropout"], cfg["relu_dropout"], cfg["res_dropout"]) == (0.25, 0.1, 0.2, 0.3)
     assert cfg["concept_dropout"] == 0.4
     assert main(["train", "--data", str(synth_data), "--out", str(out), "--res-dropout", "1.5", "--quiet"]) == 2
+
+
+def test_position_table_kept_between_calls_follows_length_device_and_mode() -> None:
+    """The embeddings keep their sinusoidal table between forwards; a new length (or inference mode) rebuilds it, and
+    outputs equal those of a model that never ran before."""
+    torch.manual_seed(0)
+    model = RoutingModel(_config(concept_dropout=0.0))
+    fresh = {name: copy.deepcopy(model) for name in ("long", "short", "train")}
+    long, short = _inputs(lengths=(9, 4, 2)), _inputs(lengths=(5, 6, 3))
+    model.eval()
+    with torch.inference_mode():
+        first = model(*long).logits
+        torch.testing.assert_close(first, fresh["long"].eval()(*long).logits, atol=0, rtol=0)
+        torch.testing.assert_close(model(*short).logits, fresh["short"].eval()(*short).logits, atol=0, rtol=0)
+    model.train()
+    loss = model(*long).logits.sum()  # training after inference mode: the kept table joins autograd (an add)
+    loss.backward()
+    expected = fresh["train"].train()(*long).logits.sum()
+    assert float(loss) == float(expected)
+    assert "positions" not in " ".join(model.state_dict())

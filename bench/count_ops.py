@@ -1,8 +1,11 @@
 """Operations one train step dispatches: what bounds a small model's step on a GPU, counted on any machine.
 
 A small model's step on a GPU costs about the same at B = 32 and B = 256 (issue 15, H100): each operation costs
-a launch, whatever its size. This script counts every ATen operation below autograd (views included) of one step
-(forward, cross-entropy, backward, clip 1.0, Adam) with a ``TorchDispatchMode``, on the CPU:
+a launch, whatever its size. This script counts every ATen operation below autograd of one step (forward,
+cross-entropy, backward, clip 1.0, Adam) with a ``TorchDispatchMode``, on the CPU. Two counts: all of them (each
+costs host time in the dispatcher), and those that would launch a kernel on a GPU (not views such as ``view``,
+``t``, ``detach``, which only make a new tensor header, and not ``_local_scalar_dense``, the multi-tensor Adam's
+reads of its step counters, which stay on the CPU):
 
 * ``old path``: the encoders before issue 15 (``bench/_old_encoders.py``), with the multi-tensor Adam that CUDA
   uses by default;
@@ -44,20 +47,24 @@ class _Count(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.n = 0
+        self.computing = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         self.n += 1
+        # a view's output aliases its input (the schema says so); a scalar read of a CPU tensor launches nothing
+        self.computing += not (func.is_view or func is torch.ops.aten._local_scalar_dense.default)
         return func(*args, **(kwargs or {}))
 
 
-def _counted(step) -> int:  # type: ignore[no-untyped-def]
+def _counted(step) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(all operations, those that would launch a kernel) of the second call of ``step``."""
     step()  # the first step creates Adam's state; count the second
     with _Count() as count:
         step()
-    return count.n
+    return count.n, count.computing
 
 
-def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> int:  # type: ignore[no-untyped-def]
+def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     def step() -> None:
         model.train()
         loss = nn.functional.cross_entropy(model(*x).logits, y)
@@ -69,7 +76,7 @@ def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> int: 
     return _counted(step)
 
 
-def stacked(config: ModelConfig, k: int, x, y) -> int:  # type: ignore[no-untyped-def]
+def stacked(config: ModelConfig, k: int, x, y) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     """One step of ``interp.ensemble_train.train_vectorised``'s loop (its private helpers, as it calls them)."""
     models = [RoutingModel(config) for _ in range(k)]
     params, buffers = stack_module_state(models)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}; operations of one train step, B = {args.batch}, T = 20, dims {DIMS}")
-    print(f"{'model':<8} {'path':<32} {'operations':>11} {'ratio':>22}")
+    print(f"{'model':<8} {'path':<32} {'operations':>11} {'ratio':>22} {'kernels':>10} {'ratio':>22}")
     for size in args.models.split(","):
         config = ModelConfig(task="sentiment", variant="routing", input_dims=DIMS, n_concepts=7, **SIZES[size])
         g = torch.Generator().manual_seed(0)
@@ -119,14 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         if size == "default" or args.k <= 3:
             counts[f"{args.k} stacked, fused Adam"] = stacked(config, args.k, x, y)
-        for path, n in counts.items():
-            if path.startswith("old"):
-                ratio = ""
-            elif "stacked" in path:
-                ratio = f"x{n / counts['new path, fused Adam']:.2f} one model"
-            else:
-                ratio = f"old / this x{counts['old path, multi-tensor Adam'] / n:.2f}"
-            print(f"{size:<8} {path:<32} {n:>11,} {ratio:>22}")
+        for path, pair in counts.items():
+            ratios = []
+            for i, n in enumerate(pair):
+                if path.startswith("old"):
+                    ratios.append("")
+                elif "stacked" in path:
+                    ratios.append(f"x{n / counts['new path, fused Adam'][i]:.2f} one model")
+                else:
+                    ratios.append(f"old / this x{counts['old path, multi-tensor Adam'][i] / n:.2f}")
+            print(f"{size:<8} {path:<32} {pair[0]:>11,} {ratios[0]:>22} {pair[1]:>10,} {ratios[1]:>22}")
     return 0
 
 

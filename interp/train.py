@@ -294,13 +294,14 @@ def train(
                         train_split.padding,
                     )
                     loss = criterion(output.logits, target[batch].to(torch_device))
-                    if not torch.isfinite(loss):
-                        raise InterpError(_diverged("training", loss.item(), epoch, learning_rate, best, out))
+                    value = float(loss.detach())  # the step's one wait for the device: the check and the bar
+                    if not math.isfinite(value):
+                        raise InterpError(_diverged("training", value, epoch, learning_rate, best, out))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     optimizer.step()
-                    total += float(loss.detach()) * len(batch)
+                    total += value * len(batch)
                     seen += len(batch)
                     bar.advance()
                     bar.update(f"loss {total / seen:.4f}")

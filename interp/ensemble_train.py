@@ -1,10 +1,11 @@
 """Seed ensembles at the price of one model: K seeds trained in one process as one vectorised model.
 
-:func:`train_vectorised` trains the same model under K seeds at once. The K models' parameters are stacked
-(``torch.func.stack_module_state``) and one ``functional_call`` of the model with the stacked parameters and
-``(K, B, T, d)`` inputs runs the K forward and backward passes as batched operations: every layer of the model takes
-a leading K dim (:mod:`interp.layers`), so a step dispatches about as many operations as one model's, instead of
-the ~2.6x that ``vmap`` dispatched (what bounds a small model's step on a GPU). Every seed keeps what a separate
+:func:`train_vectorised` trains the same model under K seeds at once. The K models' parameters are one leaf
+``(K, P)`` (:class:`interp.stacked.StackedModels`), and one call of the model with views of it and ``(K, B, T, d)``
+inputs runs the K forward and backward passes as batched operations: every layer of the model takes a leading K dim
+(:mod:`interp.layers`), so a step dispatches about as many operations as one model's, instead of the ~2.6x that
+``vmap`` dispatched (what bounds a small model's step on a GPU), and clipping and Adam each touch one tensor.
+Every seed keeps what a separate
 ``interp.train.train(seed=s)`` run would have:
 
 * its initial weights (``torch.manual_seed(s)`` before building the model, as ``train`` does);
@@ -27,7 +28,6 @@ engine by itself.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state
 
 from interp import guard
 from interp.checkpoint import cpu_state, save_checkpoint
@@ -46,6 +45,7 @@ from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.model import RoutingModel, concept_dropout_noise
 from interp.progress import progress_bar
+from interp.stacked import StackedModels
 from interp.schema import SINGLE_LABEL_TASKS, concept_names
 from interp.metrics import task_metrics
 from interp.targets import targets
@@ -106,11 +106,9 @@ def train_vectorised(
         torch.manual_seed(seed)  # the initial weights of train(seed=seed)
         models.append(RoutingModel(config).to(torch_device))
         noise_generators.append(_continued_generator(seed, torch_device))
-    names = [name for name, _ in models[0].named_parameters()]
-    params, buffers = stack_module_state(models)  # name -> (K, ...) leaves
-    base = copy.deepcopy(models[0]).to("meta")
+    stack = StackedModels(models)  # one leaf (K, P): row k is seed k's parameters
     shells = [_Shell(m.cpu(), learning_rate, torch_device) for m in models]  # per-seed model + Adam, to write checkpoints
-    optimizer = adam([params[n] for n in names], learning_rate, torch_device)
+    optimizer = adam([stack.flat], learning_rate, torch_device)
 
     p_concept = config.concept_dropout
     text, audio, vision, target = split_tensors(train_split, task)
@@ -127,7 +125,7 @@ def train_vectorised(
             generator.manual_seed(seeds[k] * 100_003 + epoch)  # the order of train(seed) at this epoch
             orders.append(torch.randperm(train_split.n, generator=generator))
         order = torch.stack(orders)  # (K_active, N)
-        base.train()
+        stack.module.train()
         totals = torch.zeros(len(active), device=torch_device)  # on the device: no synchronisation per step
         seen = 0
         with progress_bar(n_batches, f"epoch {epoch}/{epochs} ({len(active)} seeds)", enabled=progress,
@@ -140,14 +138,14 @@ def train_vectorised(
                     noise = torch.stack([concept_dropout_noise(shape, p_concept, torch_device, noise_generators[k])
                                          for k in active])
                 logits = _logits(  # per seed: its weights, batch (K, b, T, d), padding and dropout masks
-                    base, params, buffers, text[batch].to(torch_device), audio[batch].to(torch_device),
+                    stack, text[batch].to(torch_device), audio[batch].to(torch_device),
                     vision[batch].to(torch_device), noise,
                     lengths[batch].to(torch_device) if lengths is not None else None, train_split.padding,
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # seed k's parameters get exactly d loss_k
-                _clip_per_seed([params[n] for n in names], options.grad_clip)
+                stack.clip_grad_(options.grad_clip)
                 optimizer.step()
                 totals += losses.detach() * batch.shape[1]
                 seen += batch.shape[1]
@@ -162,7 +160,7 @@ def train_vectorised(
                     f"epoch {epoch} with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
                     f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
                 )
-            valid_logits = _predict(base, params, buffers, valid_split, torch_device)
+            valid_logits = _predict(stack, valid_split, torch_device)
         scores = [_metrics(task, valid_logits[position], valid_split) for position in range(len(active))]
         for (valid_loss, _), k in zip(scores, active):
             if not math.isfinite(valid_loss):
@@ -171,7 +169,7 @@ def train_vectorised(
                     f"with learning rate {learning_rate:g}; {_kept(outs, states)}; try a lower --lr "
                     f"(e.g. {learning_rate / 10:g}) or check the data for extreme feature values"
                 )
-        on_cpu = _StackOnCpu(params, optimizer, names)  # one copy per tensor for all seeds, not one per seed
+        on_cpu = _StackOnCpu(stack, optimizer)  # one copy of the stack for all seeds, not one per seed
         for position, k in enumerate(active):
             state = states[k]
             valid_loss, valid_metrics = scores[position]
@@ -204,8 +202,7 @@ def train_vectorised(
                     on_stop(seeds[k])
             if not keep:
                 break
-            params, optimizer = _select(params, optimizer, names, keep, learning_rate)
-            buffers = {n: b[keep] for n, b in buffers.items()}
+            optimizer = _select(stack, optimizer, keep, learning_rate)
             active = [active[position] for position in keep]
 
     seconds = time.perf_counter() - started
@@ -237,13 +234,11 @@ def _continued_generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _logits(base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], text: Tensor, audio: Tensor,
-            vision: Tensor, noise: Tensor | None, lengths: Tensor | None = None, padding: str = "none") -> Tensor:
-    """Logits ``(K, B, J)`` of the K stacked models: ``params``/``buffers`` name -> ``(K, ...)``, inputs
-    ``(K, B, T, d)`` (model k on slice k), ``noise (K, B, J, d_c)`` or None, ``lengths (K, B, 3)`` of padded data
-    (``padding`` its side) or None."""
-    return functional_call(base, (params, buffers), (text, audio, vision, lengths, padding),
-                           {"concept_noise": noise}).logits
+def _logits(stack: StackedModels, text: Tensor, audio: Tensor, vision: Tensor, noise: Tensor | None,
+            lengths: Tensor | None = None, padding: str = "none") -> Tensor:
+    """Logits ``(K, B, J)`` of the K stacked models: inputs ``(K, B, T, d)`` (model k on slice k), ``noise
+    (K, B, J, d_c)`` or None, ``lengths (K, B, 3)`` of padded data (``padding`` its side) or None."""
+    return stack.bind()(text, audio, vision, lengths, padding, concept_noise=noise).logits
 
 
 class _SeedState:
@@ -276,15 +271,16 @@ class _Shell:
 
 class _StackOnCpu:
     """The stacked weights ``(K, ...)`` and Adam state of every parameter, copied to the CPU once per epoch (on a
-    GPU: one transfer per tensor for all seeds, instead of one per tensor and seed)."""
+    GPU: one transfer of each flat tensor for all seeds and parameters), as views by parameter name."""
 
-    def __init__(self, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: list[str]) -> None:
-        self.weights = {n: params[n].detach().cpu() for n in names}
+    def __init__(self, stack: StackedModels, optimizer: torch.optim.Optimizer) -> None:
+        self.weights = stack.views(stack.flat.detach().cpu())
         self.adam: dict[str, dict[str, Tensor]] = {}
-        for n in names:
-            state = optimizer.state.get(params[n])
-            if state:
-                self.adam[n] = {key: state[key].detach().cpu() for key in ("step", "exp_avg", "exp_avg_sq")}
+        state = optimizer.state.get(stack.flat)
+        if state:
+            step = state["step"].detach().cpu()
+            moments = {key: stack.views(state[key].detach().cpu()) for key in ("exp_avg", "exp_avg_sq")}
+            self.adam = {n: {"step": step, **{key: moments[key][n] for key in moments}} for n in stack.names}
 
 
 def _per_seed_loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
@@ -297,52 +293,26 @@ def _per_seed_loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
     return loss.mean(dim=(1, 2))
 
 
-@torch.no_grad()
-def _clip_per_seed(stacked: list[Tensor], max_norm: float) -> None:
-    """``clip_grad_norm_`` for each seed: the norm over seed k's slices of every gradient (``(K, ...)`` each).
-
-    With torch's multi-tensor kernels: one norm over all K x G slices and one scaling per seed, instead of
-    a kernel per parameter (what made a vectorised step launch-bound on a GPU); the slices come from one
-    ``unbind`` per gradient (G operations, not K x G)."""
-    grads = [p.grad for p in stacked if p.grad is not None]
-    if not grads:
-        return
-    k = grads[0].shape[0]
-    slices = [list(per_seed) for per_seed in zip(*(g.unbind(0) for g in grads))]  # seed i's slice of each (views)
-    norms = torch.stack(torch._foreach_norm([t for per_seed in slices for t in per_seed])).view(k, len(grads))
-    scale = (max_norm / (norms.norm(dim=1) + 1e-6)).clamp(max=1.0)  # (K,), as clip_grad_norm_ computes it
-    for i in range(k):
-        torch._foreach_mul_(slices[i], scale[i])
-
-
-def _select(
-    params: dict[str, Tensor], optimizer: torch.optim.Optimizer, names: list[str], keep: list[int], lr: float
-) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
-    """New stacked leaves and Adam holding only the seeds at positions ``keep`` (their Adam state carried over)."""
-    index = torch.tensor(keep)
-    new = {n: params[n].detach()[index.to(params[n].device)].clone().requires_grad_(True) for n in names}
-    new_optimizer = adam([new[n] for n in names], lr, next(iter(new.values())).device)
-    for n in names:
-        state = optimizer.state.get(params[n])
-        if state:
-            i = index.to(state["exp_avg"].device)
-            new_optimizer.state[new[n]] = {
-                "step": state["step"].clone(),
-                "exp_avg": state["exp_avg"][i].clone(),
-                "exp_avg_sq": state["exp_avg_sq"][i].clone(),
-            }
-    return new, new_optimizer
+def _select(stack: StackedModels, optimizer: torch.optim.Optimizer, keep: list[int], lr: float) -> torch.optim.Optimizer:
+    """Keep only the seeds at positions ``keep`` in ``stack``; returns a new Adam with their state carried over."""
+    state = optimizer.state.get(stack.flat)
+    stack.select(keep)
+    new_optimizer = adam([stack.flat], lr, stack.flat.device)
+    if state:
+        index = torch.tensor(keep, device=state["exp_avg"].device)
+        new_optimizer.state[stack.flat] = {
+            "step": state["step"].clone(),
+            "exp_avg": state["exp_avg"][index].clone(),
+            "exp_avg_sq": state["exp_avg_sq"][index].clone(),
+        }
+    return new_optimizer
 
 
 @torch.no_grad()
-def _predict(
-    base: RoutingModel, params: dict[str, Tensor], buffers: dict[str, Tensor], split: Split, device: torch.device,
-    batch_size: int = 256,
-) -> np.ndarray:
+def _predict(stack: StackedModels, split: Split, device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Logits ``(K, N, J)`` of every seed on a split, in eval mode (as :func:`interp.inference.predict_logits`)."""
-    base.eval()
-    detached = {n: p.detach() for n, p in params.items()}
-    k = next(iter(detached.values())).shape[0]
+    stack.module.eval()
+    k = stack.k
     lengths = split_lengths(split)
     outputs = []
     for start in range(0, split.n, batch_size):
@@ -350,7 +320,7 @@ def _predict(
         batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device).expand(k, -1, -1, -1)
                  for a in (split.text, split.audio, split.vision)]  # every seed sees the same batch
         steps = lengths[start:stop].to(device).expand(k, -1, -1) if lengths is not None else None
-        outputs.append(_logits(base, detached, buffers, *batch, None, steps, split.padding).float().cpu().numpy())
+        outputs.append(_logits(stack, *batch, None, steps, split.padding).float().cpu().numpy())
     return np.concatenate(outputs, axis=1)
 
 

@@ -189,10 +189,10 @@ ENGINE_CHOICES: tuple[str, ...] = SEED_ENGINES
 
 
 #: On the CPU the vectorised engine pays only for small encoders, where per-operation overhead dominates
-#: (``bench/ensemble.py --epochs 1``, K = 5, one thread, sequential s / vectorised s, stacked layers of
-#: :mod:`interp.layers`): d_model 32 (the default) 1.18 to 1.24, 64: 1.14 to 1.15, 128: 0.96, the paper size (200, 7
-#: layers; K = 3) 0.81: there the K models' arithmetic dominates, which stacking does not reduce. So ``auto``
-#: vectorises on the CPU up to this.
+#: (``bench/ensemble.py --epochs 1 --n-train 256``, K = 5, one thread, sequential s / vectorised s, one flat stack
+#: of :mod:`interp.stacked`): d_model 32 (the default) 1.35, 64: 1.10, 128: 0.92, the paper size (200, 7 layers;
+#: K = 3) 0.83: there the K models' arithmetic dominates, which stacking does not reduce. So ``auto`` vectorises on
+#: the CPU up to this.
 CPU_VECTORISED_MAX_D_MODEL = 64
 
 

@@ -172,3 +172,38 @@ def test_the_files_do_not_depend_on_the_thread_that_writes(
         first, second = pq.ParquetFile(runs[0] / table), pq.ParquetFile(runs[1] / table)
         assert first.metadata.num_row_groups == second.metadata.num_row_groups > 2
         assert first.read().equals(second.read()), table
+
+
+@pytest.mark.parametrize("task", ["sentiment", "emotion"])
+def test_label_and_pred_name_every_member_concept(task: str) -> None:
+    """samples.parquet's ``label``/``pred``: each sample's member concepts joined by "," (golden: a join per sample
+    by hand), also for multi-label rows with none or several members."""
+    from interp.schema import concept_names
+
+    concepts = concept_names(task)
+    j, n = len(concepts), 40
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n, j)).astype(np.float32)
+    targets = rng.integers(0, j, n) if task == "sentiment" else (rng.random((n, j)) > 0.6).astype(np.float32)
+    targets[:1] = 0  # a multi-label row without members
+    batch = runwriter.RunBatch(
+        sample_ids=[f"s{i}" for i in range(n)], split="test", rows=np.arange(n), targets=targets, logits=logits,
+        p=np.full((n, 7), 0.5, np.float32), r=np.full((n, 7, j), 1 / j, np.float32),
+        contributions=np.zeros((n, 7, j), np.float32), scores=np.zeros(n, np.float32) if task == "sentiment" else None,
+    )
+    schema = runwriter.samples_schema(task, concepts, task == "sentiment", False)
+    table = runwriter.samples_table(task, concepts, batch, schema).to_pydict()
+
+    def joined(members) -> str:  # type: ignore[no-untyped-def]
+        return ",".join(c for c, member in zip(concepts, members) if member)
+
+    if task == "sentiment":
+        true = [[k == int(t) for k in range(j)] for t in targets]
+        pred = [[k == int(np.argmax(row)) for k in range(j)] for row in logits]
+    else:
+        true = [[v > 0.5 for v in row] for row in targets]
+        pred = [[v > 0 for v in row] for row in logits]
+    assert table["label"] == [joined(row) for row in true]
+    assert table["pred"] == [joined(row) for row in pred]
+    if task == "emotion":
+        assert table["label"][0] == "" and any("," in name for name in table["label"])

@@ -23,9 +23,11 @@ samples/s over the samples/s of the rest of ``extract``: batches, routing output
 from __future__ import annotations
 
 import argparse
+import cProfile
 import copy
 import json
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -97,14 +99,16 @@ def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, a
 
 
 def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
-                        reps: int) -> dict[str, float]:
+                        reps: int, profile: bool = False) -> dict[str, float]:
     """``extract`` and ``forward`` samples/s, ``startup`` s and ``steady`` samples/s on a synthetic test split of
     ``n`` samples.
 
     Interleaved: each repetition runs the forward-only pass over the same ``n`` samples (the checkpoint's model,
     eval, ``inference_mode``, batches of ``batch``), then ``interp.extraction.prepare`` alone (the fixed start-up:
     checkpoint and data read and checked), then ``interp extract``; one warm-up of each; medians. ``steady`` is
-    ``n`` over (extract seconds - start-up seconds) of the same repetition.
+    ``n`` over (extract seconds - start-up seconds) of the same repetition. ``profile``: then one more ``extract``
+    under cProfile, its calls in ``interp`` and torch's copies printed by cumulative time (the main thread: on a
+    GPU the waits for the device show in the copies of the outputs to the CPU).
     """
     from interp.extract import extract
     from interp.extraction import prepare
@@ -139,6 +143,14 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
             ext.append(n / (end - ready))
             startup.append(ready - mid)
             steady.append(n / (end - ready - startup[-1]))
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(extract, ckpt, data, split="test", out=workdir / "run-profiled", batch_size=batch,
+                         device=device, force=True, progress=False)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(
+            r"interp/(extract|extraction|runwriter|background_writer|checkpoint|data|pickles)\.py|model\.py:\d+\(forward"
+            r"|method 'cpu'|method 'to'|method 'numpy'|pin_memory|write_table|acquire", 25)
     return dict(extract=statistics.median(ext), forward=statistics.median(fwd), startup=statistics.median(startup),
                 steady=statistics.median(steady))
 
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-extract", action="store_true", help="skip the extraction-overhead rows")
     parser.add_argument("--extract-n", default="default=4096,paper=512",
                         help="test-split samples of the extraction rows per model (default: %(default)s)")
+    parser.add_argument("--profile-extract", action="store_true",
+                        help="after each extraction row, profile one more interp extract (cProfile, main thread)")
     parser.add_argument("--quick", action="store_true", help="default model, B = 32, 1 rep")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -214,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
                 for size_name in models:
                     n = int(dict(item.split("=") for item in args.extract_n.split(",")).get(size_name, "512"))
-                    got = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, device_name, Path(tmp), reps)
+                    got = extraction_overhead(SIZES[size_name], n, args.seq_len, 256, device_name, Path(tmp), reps,
+                                              profile=args.profile_extract)
                     rate, limit = got["extract"], got["forward"]
                     rows.append(dict(device=f"{device_name}/fp32", model=size_name, batch=256, n=n, phase="extract",
                                      extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate,

@@ -15,8 +15,8 @@ small model's step on a GPU (each operation costs a dispatch and a launch, whate
 * Adam updates one tensor. Adam is element-wise, so this is K Adams, one per model.
 
 Measured on the 2-core CPU at a host-bound size (default model, B = 1, T = 2, K = 5, ``bench/count_ops.py``):
-one stacked step took 2.07x one model's time with a leaf per parameter and ``functional_call``, 1.66x with one
-flat leaf.
+one stacked step took 2.07x one model's time with a leaf per parameter and ``functional_call``, 1.66x to 1.68x
+(two runs) with one flat leaf.
 
 Every parameter must take part in every forward (true of :class:`interp.model.RoutingModel` in each variant): an
 unused parameter would get a zero gradient here, where a model alone gets none and Adam leaves it as it is.
@@ -58,12 +58,12 @@ class StackedModels:
             flat = torch.stack(rows).to(device if device is not None else rows[0].device)
         self.flat = flat.requires_grad_(True)
         self.module = copy.deepcopy(first).to("meta")
-        self._slots: list[dict] = []  # the __dict__ of the module holding each parameter
+        self._slots: list[tuple[dict, str]] = []  # (the __dict__ of the module holding it, its name there)
         for name in self.names:
             owner_name, _, attr = name.rpartition(".")
             owner = self.module.get_submodule(owner_name)
             del owner._parameters[attr]  # a plain attribute from now on: bind() sets it
-            self._slots.append(owner.__dict__)
+            self._slots.append((owner.__dict__, attr))
         self.bind()
 
     @property
@@ -83,8 +83,9 @@ class StackedModels:
         that backward will go through (the views join autograd's graph); under ``torch.no_grad`` the views do not
         track gradients."""
         pieces = self.flat.split(self.sizes, dim=1)
-        for slot, name, piece, shape in zip(self._slots, self.names, pieces, self.shapes):
-            slot[name.rpartition(".")[2]] = piece.view(self.k, *shape)
+        k = self.k
+        for (slot, attr), piece, shape in zip(self._slots, pieces, self.shapes):
+            slot[attr] = piece.view(k, *shape)
         return self.module
 
     @torch.no_grad()

@@ -30,13 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interp.errors import RunError
+from interp.memberships import member_names, memberships, predictions, probabilities
 from interp.outputs import check_replaceable_run
 from interp.schema import (
     FEATURES,
     META_FILE,
     ROUTING_FILE,
     SAMPLES_FILE,
-    SINGLE_LABEL_TASKS,
     label_column,
     logit_column,
     p_column,
@@ -94,53 +94,6 @@ class RunBatch:
     @property
     def size(self) -> int:
         return len(self.sample_ids)
-
-
-def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
-    """Concept probabilities from logits (B, J): softmax for single-label tasks, sigmoid for multi-label ones."""
-    logits = logits.astype(np.float64)
-    if task in SINGLE_LABEL_TASKS:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-
-
-def predictions(task: str, logits: np.ndarray) -> np.ndarray:
-    """Predicted membership (B, J) bool: one-hot argmax (single-label) or logit > 0, i.e. prob > 0.5 (multi-label)."""
-    if task in SINGLE_LABEL_TASKS:
-        members = np.zeros(logits.shape, dtype=bool)
-        members[np.arange(len(logits)), logits.argmax(axis=1)] = True
-        return members
-    return logits > 0
-
-
-def memberships(task: str, targets: np.ndarray, n_concepts: int) -> np.ndarray:
-    """True membership (B, J) bool from targets: class indices (single-label) or 0/1 rows (multi-label)."""
-    if task in SINGLE_LABEL_TASKS:
-        members = np.zeros((len(targets), n_concepts), dtype=bool)
-        members[np.arange(len(targets)), np.asarray(targets, dtype=np.int64)] = True
-        return members
-    return np.asarray(targets) > 0.5
-
-
-def _names(members: np.ndarray, concepts: Sequence[str]) -> list[str]:
-    """Each row's member concepts joined by "," ("" when none); ``members (B, J)`` bool.
-
-    Joined once per distinct row (at most J of them for single-label tasks), not once per sample: a join per row
-    was two thirds of ``samples_table``'s time, work that holds the GIL in the writer thread."""
-    members = np.asarray(members, dtype=bool)
-    if len(members) == 0:
-        return []
-    names = np.asarray(concepts, dtype=object)
-    if members.shape[1] <= 62:  # each row as the integer of its bits: a fast 1-D unique
-        codes = members.astype(np.int64) @ (np.int64(1) << np.arange(members.shape[1], dtype=np.int64))
-        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-        distinct = members[first]
-    else:
-        distinct, inverse = np.unique(members, axis=0, return_inverse=True)
-    joined = np.array([",".join(names[row]) for row in distinct], dtype=object)
-    return joined[inverse.reshape(-1)].tolist()
 
 
 #: Modality letters of CH-SIMS per-modality labels, stored as float columns ``label_T``, ``label_A``, ``label_V``.
@@ -219,8 +172,8 @@ def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: p
         **({"video": [str(v) for v in batch.videos]} if "video" in schema.names else {}),
         "split": split,
         "row": np.asarray(batch.rows, dtype=np.int64),
-        "label": _names(true, concepts),
-        "pred": _names(pred, concepts),
+        "label": member_names(true, concepts),
+        "pred": member_names(pred, concepts),
         "correct": (true == pred).all(axis=1),
     }
     if "score" in schema.names:

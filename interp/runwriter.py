@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 from interp.errors import RunError
 from interp.memberships import member_names, memberships, predictions, probabilities
 from interp.outputs import check_replaceable_run
+from interp.runbatch import RunBatch, check_shapes, concat_batches
 from interp.schema import (
     FEATURES,
     META_FILE,
@@ -65,35 +65,6 @@ ROUTING_COMPRESSION: dict[str, str] = {
     "pr": "lz4",
     "contribution": "lz4",
 }
-
-
-@dataclass
-class RunBatch:
-    """One batch of interpretation values for B samples (numpy, float32 unless stated).
-
-    sample_ids: B strings; split: B split names (or one name for all); rows: (B,) int64 row within the split;
-    targets: (B,) int class index (single-label tasks) or (B, J) 0/1 (multi-label tasks);
-    scores: (B,) continuous label (sentiment) or None; logits: (B, J); p: (B, 7); r: (B, 7, J);
-    contributions: (B, 7, J); transcripts: B strings or None; modality_labels: CH-SIMS per-modality labels
-    ``{"T", "A", "V": (B,)}`` (columns ``label_T`` ...) or None; videos: B video ids or None (older callers).
-    """
-
-    sample_ids: Sequence[str]
-    split: Sequence[str] | str
-    rows: np.ndarray
-    targets: np.ndarray
-    logits: np.ndarray
-    p: np.ndarray
-    r: np.ndarray
-    contributions: np.ndarray
-    scores: np.ndarray | None = None
-    transcripts: Sequence[str] | None = None
-    modality_labels: dict[str, np.ndarray] | None = None
-    videos: Sequence[str] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.sample_ids)
 
 
 #: Modality letters of CH-SIMS per-modality labels, stored as float columns ``label_T``, ``label_A``, ``label_V``.
@@ -201,11 +172,7 @@ def samples_table(task: str, concepts: Sequence[str], batch: RunBatch, schema: p
 def routing_table(concepts: Sequence[str], batch: RunBatch) -> pa.Table:
     """routing.parquet rows of one batch, in sample, then feature, then concept order (B·7·J rows)."""
     n, n_features, n_concepts = batch.size, len(FEATURES), len(concepts)
-    p = np.asarray(batch.p, dtype=np.float32)
-    r = np.asarray(batch.r, dtype=np.float32)
-    contributions = np.asarray(batch.contributions, dtype=np.float32)
-    if r.shape != (n, n_features, n_concepts) or contributions.shape != r.shape or p.shape != (n, n_features):
-        raise RunError(f"batch shapes do not match: p {p.shape}, r {r.shape}, contributions {contributions.shape}")
+    p, r, contributions = check_shapes(batch, n_concepts)
     p_cells = np.broadcast_to(p[:, :, None], r.shape)
     per_sample = n_features * n_concepts
     sample_index = pa.array(np.repeat(np.arange(n, dtype=np.int64), per_sample))
@@ -271,28 +238,36 @@ class RunWriter:
             use_dictionary=["sample_id", "feature", "concept"],
         )
         self._row_group_rows = row_group_rows
-        self._pending_samples: list[pa.Table] = []
-        self._pending_routing: list[pa.Table] = []
+        self._pending: list[RunBatch] = []
         self._pending_rows = 0
         self.n = 0
         self._closed = False
 
     def write(self, batch: RunBatch) -> None:
-        """Add a batch; a row group is written whenever enough rows are buffered."""
-        self._pending_samples.append(samples_table(self.task, self.concepts, batch, self._samples_schema))
-        routing = routing_table(self.concepts, batch)
-        self._pending_routing.append(routing)
-        self._pending_rows += routing.num_rows
+        """Add a batch (its shapes are checked now); a row group is written whenever enough rows are buffered.
+
+        The batches are kept as they are until then, and the row group's tables are built once from all of them
+        (:func:`interp.runbatch.concat_batches`): for batches of 256 samples at J = 7, 1.1 to 1.7 ms a batch when
+        built batch by batch, 0.45 to 0.6 ms a batch when built per row group (11 batches). That work holds the
+        GIL, which the forward pass needs where the writer runs in a thread. The arrays of a batch must not change
+        after it is written."""
+        check_shapes(batch, len(self.concepts))
+        self._pending.append(batch)
+        self._pending_rows += batch.size * len(FEATURES) * len(self.concepts)
         self.n += batch.size
         if self._pending_rows >= self._row_group_rows:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending_samples:
+        if not self._pending:
             return
-        self._samples_writer.write_table(pa.concat_tables(self._pending_samples))
-        self._routing_writer.write_table(pa.concat_tables(self._pending_routing), row_group_size=self._pending_rows)
-        self._pending_samples, self._pending_routing, self._pending_rows = [], [], 0
+        merged = concat_batches(self._pending)
+        groups = [merged] if merged is not None else self._pending
+        samples = [samples_table(self.task, self.concepts, batch, self._samples_schema) for batch in groups]
+        routing = [routing_table(self.concepts, batch) for batch in groups]
+        self._samples_writer.write_table(pa.concat_tables(samples))
+        self._routing_writer.write_table(pa.concat_tables(routing), row_group_size=self._pending_rows)
+        self._pending, self._pending_rows = [], 0
 
     def close_tables(self) -> None:
         """Flush and close the parquet files (the run is not complete until :func:`finalize_run`)."""

@@ -106,7 +106,9 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
     Interleaved: each repetition runs the forward-only pass over the same ``n`` samples (the checkpoint's model,
     eval, ``inference_mode``, batches of ``batch``), then ``interp.extraction.prepare`` alone (the fixed start-up:
     checkpoint and data read and checked), then ``interp extract``; one warm-up of each; medians. ``steady`` is
-    ``n`` over (extract seconds - start-up seconds) of the same repetition. ``profile``: then one more ``extract``
+    ``n`` over (extract seconds - start-up seconds) of the same repetition. On CUDA, ``streamed`` is the samples/s
+    of one more ``interp extract`` per repetition with ``resident=False`` (each batch copied to the device, as
+    before :mod:`interp.feed`). ``profile``: then one more ``extract``
     under cProfile, its calls in ``interp`` and torch's copies printed by cumulative time (the main thread: on a
     GPU the waits for the device show in the copies of the outputs to the CPU).
     """
@@ -124,7 +126,7 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
         train(data, ckpt, epochs=1, device="cpu", progress=False, **config_size)
     model = load_checkpoint(ckpt, device).model
     x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
-    fwd, ext, startup, steady = [], [], [], []
+    fwd, ext, startup, steady, streamed = [], [], [], [], []
     for i in range(reps + 1):
         _sync(torch.device(device))
         start = time.perf_counter()
@@ -138,6 +140,11 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
         extract(ckpt, data, split="test", out=workdir / f"run-{i}", batch_size=batch, device=device, force=True,
                 progress=False)
         end = time.perf_counter()
+        if device == "cuda":  # the same extraction with the features streamed batch by batch (interp.feed)
+            extract(ckpt, data, split="test", out=workdir / f"run-{i}", batch_size=batch, device=device, force=True,
+                    progress=False, resident=False)
+            if i:
+                streamed.append(n / (time.perf_counter() - end))
         if i:
             fwd.append(n / (mid - start))
             ext.append(n / (end - ready))
@@ -152,7 +159,7 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
             r"interp/(extract|extraction|runwriter|background_writer|checkpoint|data|pickles)\.py|model\.py:\d+\(forward"
             r"|method 'cpu'|method 'to'|method 'numpy'|pin_memory|write_table|acquire", 25)
     return dict(extract=statistics.median(ext), forward=statistics.median(fwd), startup=statistics.median(startup),
-                steady=statistics.median(steady))
+                steady=statistics.median(steady), streamed=statistics.median(streamed) if streamed else float("nan"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                     rate, limit = got["extract"], got["forward"]
                     rows.append(dict(device=f"{device_name}/fp32", model=size_name, batch=256, n=n, phase="extract",
                                      extract_samples_s=rate, forward_samples_s=limit, overhead=limit / rate,
-                                     startup_s=got["startup"], steady_overhead=limit / got["steady"]))
+                                     startup_s=got["startup"], steady_overhead=limit / got["steady"],
+                                     streamed_overhead=limit / got["streamed"]))
                     print(f"{device_name}/fp32 {size_name:<8} n={n} B=256: extract {rate:.1f} samples/s, forward-only "
                           f"{limit:.1f} samples/s, overhead x{limit / rate:.2f} (forward {n / limit:.2f} s, extract "
-                          f"{n / rate:.2f} s = start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})",
-                          flush=True)
+                          f"{n / rate:.2f} s = start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})"
+                          + (f"; streamed x{limit / got['streamed']:.2f}" if device_name == "cuda" else ""), flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -43,11 +44,15 @@ def extract(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     runs_root: Path | str = DEFAULT_RUNS_ROOT,
     format: str | None = None,
+    resident: bool | None = None,
 ) -> Path:
     """Extract every sample's interpretation values of ``split`` into a run directory; returns its path.
 
     ``data`` and ``split`` default to what the checkpoint recorded (its data file; the test split).
     ``amp="bf16"`` autocasts the encoders on CUDA; p, r and contributions are always computed in fp32.
+    ``resident``: the split's features stay on the device for the whole run (:mod:`interp.feed`); None: on CUDA
+    where they take at most a quarter of its free memory (one process only: under ``torchrun`` each rank streams
+    its chunk).
     ``format``: the data layout (``mult`` / ``mmsa``; None detects it). Padding is masked for checkpoints trained
     with it (:func:`interp.checkpoint.masks_padding`).
 
@@ -70,8 +75,11 @@ def extract(
     writer = open_writer(loaded, source, out_dir, force, row_group_rows)
     started = time.perf_counter()
     bar_context = progress_bar(source.n, f"extract {source.name}", enabled=progress, unit="samples")
-    with writer, BackgroundWriter(writer, in_thread=spare_core(torch_device)) as background, bar_context as bar:
-        for batch in iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model):
+    # closing(): on an error the batch generator ends at once, freeing the features it keeps on the device
+    feed = iterate_batches(loaded, source, torch_device, batch_size, num_workers, amp, model=model, resident=resident)
+    with writer, BackgroundWriter(writer, in_thread=spare_core(torch_device)) as background, bar_context as bar, \
+            closing(feed) as batches:
+        for batch in batches:
             background.write(batch)
             bar.advance(batch.size)
             bar.update(f"{background.n / max(time.perf_counter() - started, 1e-9):,.0f} samples/s")
@@ -141,10 +149,10 @@ def _extract_distributed(
             description = f"extract {source.name} (rank 0 of {world.size})"
             bar_context = progress_bar(len(sampler), description, enabled=progress and world.is_main, unit="samples")
             background = BackgroundWriter(writer, in_thread=spare_core(torch_device))
-            with writer, background, bar_context as bar:
-                batches = iterate_batches(
-                    loaded, source, torch_device, batch_size, num_workers, amp, model=model, sampler=sampler
-                )
+            feed = iterate_batches(
+                loaded, source, torch_device, batch_size, num_workers, amp, model=model, sampler=sampler
+            )
+            with writer, background, bar_context as bar, closing(feed) as batches:
                 for batch in batches:
                     background.write(batch)
                     bar.advance(batch.size)

@@ -17,13 +17,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset, Sampler
+from torch.utils.data import Sampler
 
 from interp.checkpoint import (
     LoadedModel, check_compatible, load_checkpoint, masks_padding, package_versions, resolve_data_path,
 )
 from interp.data import Dataset, Split, get_split, load_dataset, seq_lens
 from interp.errors import InterpError
+from interp.feed import device_batches, resident_by_default
+from interp.model import RoutingOutput
 from interp.outputs import check_not_input
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import RunBatch, RunWriter
@@ -60,68 +62,6 @@ class ExtractionSource:
         full = [np.tile(np.array(seq_lens(part), dtype=np.int64), (part.n, 1)) for part in self.parts]
         stacked = [part.lengths if part.lengths is not None else whole for part, whole in zip(self.parts, full)]
         return np.concatenate(stacked).astype(np.int64), sorted(sides)[0]
-
-
-class _SplitSamples(TorchDataset):
-    """Index → (text (T_t,d_t), audio, vision, position) over the concatenated parts, as float32 tensors."""
-
-    def __init__(self, parts: Sequence[Split]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [part.n for part in self.parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def locate(self, index: int) -> tuple[int, int]:
-        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return part, index - int(self.offsets[part])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        part, row = self.locate(index)
-        split = self.parts[part]
-        return (
-            torch.from_numpy(np.asarray(split.text[row], dtype=np.float32)),
-            torch.from_numpy(np.asarray(split.audio[row], dtype=np.float32)),
-            torch.from_numpy(np.asarray(split.vision[row], dtype=np.float32)),
-            index,
-        )
-
-    def __getitems__(self, indices: list[int]) -> "_Batch":
-        """A whole batch at once by numpy fancy indexing (no per-sample Python work); :func:`_collate` passes it on."""
-        index = np.asarray(indices, dtype=np.int64)
-        if len(index) == 0:
-            return _Batch(*(torch.empty(0) for _ in range(3)), torch.empty(0, dtype=torch.int64))
-        parts = np.searchsorted(self.offsets, index, side="right") - 1
-        # consecutive rows of one part (extraction's sequential order): a slice, a view where the rows are float32
-        rows = slice(int(index[0] - self.offsets[parts[0]]), int(index[-1] - self.offsets[parts[0]]) + 1)
-        consecutive = bool(parts[0] == parts[-1]) and rows.stop - rows.start == len(index) and (
-            len(index) == 1 or bool((np.diff(index) == 1).all()))
-        arrays = []
-        for name in ("text", "audio", "vision"):
-            if consecutive:
-                values = np.asarray(getattr(self.parts[int(parts[0])], name)[rows], dtype=np.float32)
-            elif (parts == parts[0]).all():
-                split = self.parts[int(parts[0])]
-                values = np.asarray(getattr(split, name)[index - self.offsets[parts[0]]], dtype=np.float32)
-            else:  # a batch across two splits (split "all"): the same rows, gathered part by part
-                values = np.stack([np.asarray(getattr(self.parts[p], name)[i - self.offsets[p]], dtype=np.float32)
-                                   for p, i in zip(parts.tolist(), index.tolist())])
-            arrays.append(torch.from_numpy(np.ascontiguousarray(values)))
-        return _Batch(arrays[0], arrays[1], arrays[2], torch.from_numpy(index))
-
-
-class _Batch(tuple):
-    """(text (B,T_t,d_t), audio, vision, index (B,) int64) of one batch, already stacked."""
-
-    def __new__(cls, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, index: torch.Tensor) -> "_Batch":
-        return super().__new__(cls, (text, audio, vision, index))
-
-
-def _collate(items: "_Batch | list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]") -> tuple[torch.Tensor, ...]:
-    if isinstance(items, _Batch):
-        return tuple(items)
-    text, audio, vision, index = zip(*items)
-    return torch.stack(text), torch.stack(audio), torch.stack(vision), torch.tensor(index, dtype=torch.int64)
 
 
 def select_source(dataset: Dataset, split: str) -> ExtractionSource:
@@ -174,73 +114,113 @@ def iterate_batches(
     amp: str | None = None,
     model: torch.nn.Module | None = None,
     sampler: Sampler[int] | None = None,
+    resident: bool | None = None,
 ) -> Iterator[RunBatch]:
-    """Run the model over ``source`` and yield one :class:`RunBatch` per batch (one forward pass each)."""
-    samples = _SplitSamples(source.parts)
-    loader = DataLoader(
-        samples,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    """Run the model over ``source`` and yield one :class:`RunBatch` per batch (one forward pass each).
+
+    ``resident``: keep the split's features on ``device`` for the whole run instead of copying each batch there
+    (:mod:`interp.feed`); None decides by :func:`interp.feed.resident_by_default` (on CUDA, where they fit).
+    Each batch's outputs go to the host in one non-blocking copy, and a batch is yielded only once the next
+    batch's forward pass is queued: on a GPU the device computes batch k + 1 while the caller writes batch k.
+    """
     network = model if model is not None else loaded.model
     network.eval()
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
     )
-    offsets = samples.offsets
-    all_targets = np.concatenate([targets(part.labels, loaded.task) for part in source.parts])
-    all_scores = (
-        np.concatenate([part.labels.reshape(part.n, -1)[:, 0] for part in source.parts]).astype(np.float32)
-        if loaded.task == "sentiment"
-        else None
-    )
-    all_ids = np.array([sample_id for part in source.parts for sample_id in part.ids], dtype=object)
-    all_videos = np.array([video for part in source.parts for video in part.videos], dtype=object)
-    split_names = np.array([part.name for part in source.parts], dtype=object)
-    all_transcripts = (
-        np.array([t for part in source.parts for t in part.transcripts], dtype=object)  # type: ignore[union-attr]
-        if source.has_transcripts
-        else None
-    )
-    all_modality_labels = (
-        {m: np.concatenate([part.modality_labels[m] for part in source.parts]) for m in ("T", "A", "V")}  # type: ignore[index]
-        if source.has_modality_labels
-        else None
-    )
+    facts = _SampleFacts(source, loaded.task)
     all_lengths, padding = source.lengths() if masks_padding(loaded.checkpoint) else (None, "none")
-    with torch.inference_mode():
-        for text, audio, vision, index in loader:
-            with autocast:
-                output = network(
-                    text.to(device, non_blocking=True),
-                    audio.to(device, non_blocking=True),
-                    vision.to(device, non_blocking=True),
-                    torch.from_numpy(all_lengths[index.numpy()]).to(device) if all_lengths is not None else None,
-                    padding,
-                )
-            index_np = index.numpy()
-            parts = np.searchsorted(offsets, index_np, side="right") - 1
-            yield RunBatch(
-                sample_ids=all_ids[index_np].tolist(),
-                split=split_names[parts].tolist() if len(source.parts) > 1 else source.parts[0].name,
-                rows=index_np - offsets[parts],
-                targets=all_targets[index_np],
-                logits=output.logits.float().cpu().numpy(),
-                p=output.p.float().cpu().numpy(),
-                r=output.r.float().cpu().numpy(),
-                contributions=output.contributions.float().cpu().numpy(),
-                scores=all_scores[index_np] if all_scores is not None else None,
-                transcripts=all_transcripts[index_np].tolist() if all_transcripts is not None else None,
-                modality_labels=(
-                    {m: v[index_np] for m, v in all_modality_labels.items()} if all_modality_labels is not None else None
-                ),
-                videos=all_videos[index_np].tolist(),
-            )
+    if resident is None:
+        resident = resident_by_default(source.parts, device, sampler, num_workers)
+    batches = device_batches(source.parts, device, batch_size, lengths=all_lengths, resident=resident,
+                             num_workers=num_workers, sampler=sampler)
+    n_concepts = len(loaded.concepts)
+    pending: tuple[torch.Tensor, torch.cuda.Event | None, np.ndarray] | None = None
+    # nothing is yielded inside inference_mode: its switch is per thread, not per generator, so a generator
+    # suspended inside it would leave it on for the caller (and after an error, until the generator is collected)
+    for batch in batches:
+        with torch.inference_mode(), autocast:
+            output = network(batch.text, batch.audio, batch.vision, batch.lengths, padding)
+            copied = _outputs_to_host(output)
+        if pending is not None:
+            yield facts.run_batch(pending[2], *_host_outputs(pending[0], pending[1], n_concepts))
+        pending = (*copied, batch.index)
+    if pending is not None:
+        yield facts.run_batch(pending[2], *_host_outputs(pending[0], pending[1], n_concepts))
+
+
+def _outputs_to_host(output: RoutingOutput) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying ``logits (B, J), p (B, 7), r (B, 7, J), contributions (B, 7, J)`` to the host as one
+    ``(B, J + 7 + 2·7·J)`` float32 tensor; on CUDA the copy is non-blocking (into pinned memory) and the event
+    marks its end."""
+    outputs = (output.logits, output.p, output.r, output.contributions)
+    flat = torch.cat([value.float().reshape(len(value), -1) for value in outputs], dim=1)
+    if flat.device.type != "cuda":
+        return flat.cpu(), None
+    host = flat.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _host_outputs(
+    host: torch.Tensor, done: torch.cuda.Event | None, n_concepts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(logits, p, r, contributions)`` numpy views of a copy from :func:`_outputs_to_host`, once it is done."""
+    if done is not None:
+        done.synchronize()
+    values = host.numpy()
+    b, j, f = len(values), n_concepts, len(FEATURES)
+    cuts = np.cumsum([j, f, f * j])
+    logits, p, r, contributions = np.split(values, cuts, axis=1)
+    return logits, p, r.reshape(b, f, j), contributions.reshape(b, f, j)
+
+
+class _SampleFacts:
+    """Per-sample values of ``source`` that are not model outputs (ids, splits, targets, scores, transcripts,
+    videos, CH-SIMS modality labels), gathered by position for each batch."""
+
+    def __init__(self, source: ExtractionSource, task: str) -> None:
+        parts = source.parts
+        self.source = source
+        self.offsets = np.cumsum([0] + [part.n for part in parts])
+        self.targets = np.concatenate([targets(part.labels, task) for part in parts])
+        self.scores = (
+            np.concatenate([part.labels.reshape(part.n, -1)[:, 0] for part in parts]).astype(np.float32)
+            if task == "sentiment" else None
+        )
+        self.ids = np.array([sample_id for part in parts for sample_id in part.ids], dtype=object)
+        self.videos = np.array([video for part in parts for video in part.videos], dtype=object)
+        self.split_names = np.array([part.name for part in parts], dtype=object)
+        self.transcripts = (
+            np.array([t for part in parts for t in part.transcripts], dtype=object)  # type: ignore[union-attr]
+            if source.has_transcripts else None
+        )
+        self.modality_labels = (
+            {m: np.concatenate([part.modality_labels[m] for part in parts]) for m in ("T", "A", "V")}  # type: ignore[index]
+            if source.has_modality_labels else None
+        )
+
+    def run_batch(self, index: np.ndarray, logits: np.ndarray, p: np.ndarray, r: np.ndarray,
+                  contributions: np.ndarray) -> RunBatch:
+        """The :class:`RunBatch` of the samples at positions ``index (B,)`` with their model outputs."""
+        parts = np.searchsorted(self.offsets, index, side="right") - 1
+        return RunBatch(
+            sample_ids=self.ids[index].tolist(),
+            split=self.split_names[parts].tolist() if len(self.source.parts) > 1 else self.source.parts[0].name,
+            rows=index - self.offsets[parts],
+            targets=self.targets[index],
+            logits=logits,
+            p=p,
+            r=r,
+            contributions=contributions,
+            scores=self.scores[index] if self.scores is not None else None,
+            transcripts=self.transcripts[index].tolist() if self.transcripts is not None else None,
+            modality_labels=(
+                {m: v[index] for m, v in self.modality_labels.items()} if self.modality_labels is not None else None
+            ),
+            videos=self.videos[index].tolist(),
+        )
 
 
 def run_meta(

@@ -90,6 +90,7 @@ def test_crash_leaves_no_run(trained_checkpoint: Path, tmp_path: Path, monkeypat
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract(trained_checkpoint, split="test", out=out, batch_size=16, device="cpu", progress=False)
     assert not out.exists()
+    assert not torch.is_inference_mode_enabled()  # the next model built here must be trainable
     assert list((tmp_path / "runs").iterdir()) == []  # no temp folder left either
 
 

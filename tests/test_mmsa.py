@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -191,6 +192,16 @@ def test_mmsa_round_trip_train_extract_global_report(
     cell = f'data-modality="T" data-reading="pr_pred" data-value="{float(by_hand)!r}"'
     value = float(html.split('data-modality="T" data-reading="pr_pred" data-value="')[1].split('"')[0])
     assert value == pytest.approx(by_hand, abs=1e-9), cell
+
+
+def test_padded_features_kept_on_the_device_give_the_same_run(
+    mmsa_files: dict[str, Path], mmsa_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Resident features (interp.feed) and their lengths give the streamed run, bit for bit, on padded splits."""
+    runs = [extract(mmsa_checkpoint, data=mmsa_files["unaligned"], split="all", out=tmp_path / f"run-{resident}",
+                    batch_size=9, device="cpu", progress=False, resident=resident) for resident in (False, True)]
+    for table in ("samples.parquet", "routing.parquet"):
+        assert pq.read_table(runs[0] / table).equals(pq.read_table(runs[1] / table)), table
 
 
 # --------------------------------------------------------------------------------------- padding invariance

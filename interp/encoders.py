@@ -38,26 +38,31 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: tor
 
 
 def padding_masks(
-    lengths: Tensor | None, seq_lens: tuple[int, int, int], side: str = "end"
+    lengths: Tensor | None, seq_lens: tuple[int, int, int], side: str = "end", device: torch.device | None = None
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Key-padding masks ``(B, T_m)`` bool, True at padded steps (PyTorch's convention), one per modality.
+    """Key-padding masks ``(B, T_m)`` bool on ``device`` (default: that of ``lengths``), True at padded steps
+    (PyTorch's convention), one per modality.
 
     ``lengths``: ``(B, 3)`` real steps of text, audio, vision (each in [1, T_m]) or None (no masks: full length);
     ``(K, B, 3)`` for K stacked models gives ``(K, B, T_m)`` masks;
     ``side``: ``end`` (real steps first, MMSA) or ``start`` (real steps last, MulT); ``none`` means no masks.
-    A modality whose samples are all full length gets None.
+    A modality whose samples are all full length gets None. That is decided where ``lengths`` are: lengths on the
+    CPU for masks on a GPU cost no wait for the device (lengths on the GPU cost one per modality).
     """
     if lengths is None or side == "none":
         return (None, None, None)
     if side not in ("end", "start"):
         raise InterpError(f"unknown padding side {side!r}; choose end, start or none")
+    device = lengths.device if device is None else device
     masks: list[Tensor | None] = []
     for m, steps in enumerate(seq_lens):
         length = lengths[..., m].to(torch.long).clamp(1, steps).unsqueeze(-1)
         if bool((length == steps).all()):
             masks.append(None)
             continue
-        index = torch.arange(steps, device=lengths.device)
+        # from pageable CPU memory a non-blocking copy is staged at once: nothing waits for the device
+        length = length.to(device, non_blocking=True)
+        index = torch.arange(steps, device=device)
         masks.append(index >= length if side == "end" else index < steps - length)
     return masks[0], masks[1], masks[2]
 

@@ -140,7 +140,7 @@ def train_vectorised(
                 logits = _logits(  # per seed: its weights, batch (K, b, T, d), padding and dropout masks
                     stack, text[batch].to(torch_device), audio[batch].to(torch_device),
                     vision[batch].to(torch_device), noise,
-                    lengths[batch].to(torch_device) if lengths is not None else None, train_split.padding,
+                    lengths[batch] if lengths is not None else None, train_split.padding,  # on the CPU: no wait
                 )  # (K, b, J)
                 losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
                 optimizer.zero_grad(set_to_none=True)
@@ -319,7 +319,7 @@ def _predict(stack: StackedModels, split: Split, device: torch.device, batch_siz
         stop = min(start + batch_size, split.n)
         batch = [torch.as_tensor(a[start:stop], dtype=torch.float32, device=device).expand(k, -1, -1, -1)
                  for a in (split.text, split.audio, split.vision)]  # every seed sees the same batch
-        steps = lengths[start:stop].to(device).expand(k, -1, -1) if lengths is not None else None
+        steps = lengths[start:stop].expand(k, -1, -1) if lengths is not None else None  # CPU: no wait
         outputs.append(_logits(stack, *batch, None, steps, split.padding).float().cpu().numpy())
     return np.concatenate(outputs, axis=1)
 

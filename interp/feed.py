@@ -5,10 +5,12 @@ Two ways to the same batches (``tests/test_feed.py``):
 * **streamed**: a DataLoader cuts each batch from the host arrays (a slice where the rows are consecutive), pins
   it on CUDA and copies it to the device. Memory on the device stays one batch, whatever the split's size; a
   sampler (one rank's chunk under ``torchrun``) and loader workers work only this way.
-* **resident**: the split's features (and the padding lengths) are copied to the device once, and a batch is a
-  slice of those tensors. On a GPU this removes, per batch, a host copy into pinned memory, a host-to-device copy
-  (8.4 MB for 256 samples at the default dims and T = 20) and, on padded data, a copy of the lengths that waits
-  for the device.
+* **resident**: the split's features are copied to the device once, and a batch is a slice of those tensors. On
+  a GPU this removes, per batch, a host copy into pinned memory and a host-to-device copy (8.4 MB for 256 samples
+  at the default dims and T = 20).
+
+Either way the padding lengths stay on the CPU: the model decides there which masks a batch needs, without
+waiting for the device (:func:`interp.encoders.padding_masks`).
 
 :func:`resident_refusal` says why a split cannot be resident (None where it can); :func:`resident_by_default` is
 the choice of ``interp extract``: resident on CUDA where it can be and the features take at most
@@ -35,8 +37,8 @@ _MODALITIES = ("text", "audio", "vision")
 
 @dataclass(frozen=True)
 class DeviceBatch:
-    """One batch on the device: ``text (B, T_t, d_t)``, ``audio``, ``vision`` float32, ``lengths (B, 3)`` int64
-    or None, and ``index (B,)`` int64 (host) positions over the concatenated parts."""
+    """One batch: ``text (B, T_t, d_t)``, ``audio``, ``vision`` float32 on the device, ``lengths (B, 3)`` int64 on
+    the CPU or None, and ``index (B,)`` int64 (host) positions over the concatenated parts."""
 
     text: torch.Tensor
     audio: torch.Tensor
@@ -104,7 +106,8 @@ def _resident_batches(
 ) -> Iterator[DeviceBatch]:
     n = sum(part.n for part in parts)
     features = [_upload([getattr(part, name) for part in parts], device) for name in _MODALITIES]
-    steps = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64)).to(device) if lengths is not None else None
+    # the lengths stay on the CPU: the model decides there, without waiting for the device, which masks it needs
+    steps = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64)) if lengths is not None else None
     for start in range(0, n, batch_size):
         rows = slice(start, min(n, start + batch_size))
         text, audio, vision = (values[rows] for values in features)
@@ -149,7 +152,7 @@ def _streamed_batches(
             text.to(device, non_blocking=True),
             audio.to(device, non_blocking=True),
             vision.to(device, non_blocking=True),
-            torch.from_numpy(lengths[index_np]).to(device) if lengths is not None else None,
+            torch.from_numpy(lengths[index_np]) if lengths is not None else None,
             index_np,
         )
 

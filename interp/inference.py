@@ -30,6 +30,6 @@ def predict_logits(
         text = torch.as_tensor(split.text[start:stop], dtype=torch.float32, device=device)
         audio = torch.as_tensor(split.audio[start:stop], dtype=torch.float32, device=device)
         vision = torch.as_tensor(split.vision[start:stop], dtype=torch.float32, device=device)
-        batch_lengths = lengths[start:stop].to(device) if lengths is not None else None
+        batch_lengths = lengths[start:stop] if lengths is not None else None  # on the CPU: no wait for the device
         outputs.append(model(text, audio, vision, batch_lengths, split.padding).logits.float().cpu().numpy())
     return np.concatenate(outputs, axis=0)

@@ -275,7 +275,9 @@ class RoutingModel(nn.Module):
     Sequence lengths may differ per modality (any T >= 1). Padded batches pass ``lengths (B, 3)`` (real steps of
     text, audio, vision) and ``padding`` (``end`` or ``start``): padded steps are masked as attention keys and
     each feature is taken at the last real step, so padding never changes a sample's outputs; ``lengths=None``
-    is full length (the behaviour of checkpoints trained before padding was supported). Under ``torch.autocast`` the encoders run in the
+    is full length (the behaviour of checkpoints trained before padding was supported). ``lengths`` may stay on the
+    CPU when the inputs are on a GPU: the masks are made on the inputs' device without waiting for it (see
+    :func:`interp.encoders.padding_masks`). Under ``torch.autocast`` the encoders run in the
     autocast dtype, while the heads, routing, logits and contributions always run in float32.
     Concept dropout is applied only in training mode, so the contribution identity
     ``logits == contributions.sum(1)`` holds exactly in eval mode (not in training mode).
@@ -331,7 +333,7 @@ class RoutingModel(nn.Module):
         Runs in the ambient autocast dtype (if any). ``lengths (B, 3)`` / ``padding``: see the class docstring.
         """
         self._check_inputs(text, audio, vision, lengths)
-        masks = padding_masks(lengths, (text.shape[-2], audio.shape[-2], vision.shape[-2]), padding)
+        masks = padding_masks(lengths, (text.shape[-2], audio.shape[-2], vision.shape[-2]), padding, text.device)
         x = [emb(m, mask) for emb, m, mask in zip(self.embed, (text, audio, vision), masks)]
         index = [last_valid(mask) for mask in masks]
         unimodal = [enc.last_step(xm, mask, i) for enc, xm, mask, i in zip(self.self_encoders, x, masks, index)]

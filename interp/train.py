@@ -290,7 +290,7 @@ def train(
                         text[batch].to(torch_device, non_blocking=True),
                         audio[batch].to(torch_device, non_blocking=True),
                         vision[batch].to(torch_device, non_blocking=True),
-                        lengths[batch].to(torch_device) if lengths is not None else None,
+                        lengths[batch] if lengths is not None else None,  # on the CPU: masks without a wait
                         train_split.padding,
                     )
                     loss = criterion(output.logits, target[batch].to(torch_device))

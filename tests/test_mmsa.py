@@ -21,6 +21,7 @@ import torch
 from interp.cli import main
 from interp.data import load_dataset
 from interp.data_inspect import inspect_data
+from interp.encoders import padding_masks
 from interp.errors import DataError, InterpError
 from interp.extract import extract
 from interp.global_report import run_global
@@ -205,6 +206,19 @@ def test_padded_features_kept_on_the_device_give_the_same_run(
 
 
 # --------------------------------------------------------------------------------------- padding invariance
+
+
+@pytest.mark.parametrize("side", ["end", "start"])
+def test_masks_are_made_on_the_inputs_device_from_lengths_on_the_cpu(side: str) -> None:
+    """Golden by hand: True at padded steps. Lengths on the CPU and masks for another device (meta here, a GPU in
+    use): the all-full check reads the CPU lengths, the masks are made on the device asked for."""
+    lengths = torch.tensor([[3, 2, 4], [1, 2, 4]])
+    masks = padding_masks(lengths, (3, 2, 4), side, torch.device("meta"))
+    assert masks[1] is None and masks[2] is None  # audio and vision are full length
+    assert masks[0] is not None and masks[0].device.type == "meta" and masks[0].shape == (2, 3)
+    on_cpu, _, _ = padding_masks(lengths, (3, 2, 4), side)
+    padded = [[False, False, False], [False, True, True]]
+    assert on_cpu.tolist() == (padded if side == "end" else [row[::-1] for row in padded])
 
 
 def _tiny_model(seed: int = 0) -> RoutingModel:

@@ -138,11 +138,12 @@ def train_vectorised(
                     noise = torch.stack([concept_dropout_noise(shape, p_concept, torch_device, noise_generators[k])
                                          for k in active])
                 logits = _logits(  # per seed: its weights, batch (K, b, T, d), padding and dropout masks
-                    stack, text[batch].to(torch_device), audio[batch].to(torch_device),
-                    vision[batch].to(torch_device), noise,
+                    stack, text[batch].to(torch_device, non_blocking=True),
+                    audio[batch].to(torch_device, non_blocking=True), vision[batch].to(torch_device, non_blocking=True),
+                    noise,
                     lengths[batch] if lengths is not None else None, train_split.padding,  # on the CPU: no wait
                 )  # (K, b, J)
-                losses = _per_seed_loss(task, logits, target[batch].to(torch_device))  # (K,)
+                losses = _per_seed_loss(task, logits, target[batch].to(torch_device, non_blocking=True))  # (K,)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # seed k's parameters get exactly d loss_k
                 stack.clip_grad_(options.grad_clip)

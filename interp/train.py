@@ -293,7 +293,7 @@ def train(
                         lengths[batch] if lengths is not None else None,  # on the CPU: masks without a wait
                         train_split.padding,
                     )
-                    loss = criterion(output.logits, target[batch].to(torch_device))
+                    loss = criterion(output.logits, target[batch].to(torch_device, non_blocking=True))
                     value = float(loss.detach())  # the step's one wait for the device: the check and the bar
                     if not math.isfinite(value):
                         raise InterpError(_diverged("training", value, epoch, learning_rate, best, out))

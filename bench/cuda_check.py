@@ -3,7 +3,9 @@
     python bench/cuda_check.py [--out DIR]
 
 Prints a table: each step's wall time on CUDA, and the largest difference between the CUDA (fp32 and bf16
-autocast) and CPU extractions of the same checkpoint, plus the contribution identity on the CUDA run.
+autocast, with the features kept on the device as ``interp extract`` does there, and fp32 streamed batch by batch)
+and CPU extractions of the same checkpoint, whether the two fp32 CUDA runs are the same bit for bit, plus the
+contribution identity on the CUDA run.
 Needs a CUDA device; exits 0 with a message when there is none.
 """
 
@@ -55,15 +57,19 @@ def main() -> int:
     metrics = timed("eval on cuda", lambda: evaluate(ckpt, device="cuda").metrics)
     rows.append(("test acc7 / acc2", f"{metrics['acc7']:.3f} / {metrics['acc2']:.3f}"))
     runs = {}
-    for name, device, amp in (("cuda-fp32", "cuda", None), ("cuda-bf16", "cuda", "bf16"), ("cpu", "cpu", None)):
+    for name, device, amp, resident in (("cuda-fp32", "cuda", None, None), ("cuda-bf16", "cuda", "bf16", None),
+                                        ("cuda-fp32-streamed", "cuda", None, False), ("cpu", "cpu", None, None)):
         runs[name] = timed(f"extract test on {name}", lambda: extract(
-            ckpt, out=work / "runs" / name, device=device, amp=amp, force=True, progress=False))
+            ckpt, out=work / "runs" / name, device=device, amp=amp, force=True, progress=False, resident=resident))
     tables = {name: pd.read_parquet(run / "routing.parquet") for name, run in runs.items()}
     samples = {name: pd.read_parquet(run / "samples.parquet") for name, run in runs.items()}
-    for name in ("cuda-fp32", "cuda-bf16"):
+    for name in ("cuda-fp32", "cuda-bf16", "cuda-fp32-streamed"):
         for column in ("p", "r", "contribution"):
             diff = np.abs(tables[name][column].to_numpy() - tables["cpu"][column].to_numpy()).max()
             rows.append((f"max |{name} - cpu| of {column}", f"{diff:.2e}"))
+    same = all(pd.read_parquet(runs["cuda-fp32"] / f).equals(pd.read_parquet(runs["cuda-fp32-streamed"] / f))
+               for f in ("samples.parquet", "routing.parquet"))
+    rows.append(("cuda fp32: features on the device (default) == streamed, bit for bit", str(same)))
     routing = tables["cuda-fp32"]
     summed = routing.groupby(["sample_id", "concept"], observed=True, sort=False)["contribution"].sum().unstack()
     stored = samples["cuda-fp32"].set_index("sample_id")[[f"logit_{c}" for c in summed.columns]]

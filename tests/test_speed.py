@@ -150,3 +150,53 @@ def test_position_table_kept_between_calls_follows_the_length() -> None:
     expected = fresh["train"].train()(*long).logits.sum()
     assert float(loss.detach()) == float(expected.detach())
     assert "positions" not in " ".join(model.state_dict())
+
+
+def test_attention_with_heads_padded_matches_multihead_attention_and_its_gradients() -> None:
+    """Heads of width 10 padded to 16 (what CUDA gets, for its fused kernels): nn.MultiheadAttention's outputs and
+    gradients, with and without a key padding mask."""
+    torch.manual_seed(0)
+    ours = Attention(20, 2, 0.0, head_multiple=8).eval()
+    ref = nn.MultiheadAttention(20, 2, batch_first=True).eval()
+    ref.load_state_dict(ours.state_dict())
+    q, kv = torch.randn(3, 5, 20, requires_grad=True), torch.randn(3, 7, 20)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 3:] = True
+    for source, mask in ((kv, pad), (None, None)):
+        keys = q if source is None else source
+        expected, _ = ref(q, keys, keys, key_padding_mask=mask, need_weights=False)
+        got = ours(q, source, mask)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        weights = torch.randn_like(got)
+        grads = torch.autograd.grad((got * weights).sum(), [q, ours.in_proj_weight])
+        expected_grads = torch.autograd.grad((expected * weights).sum(), [q, ref.in_proj_weight])
+        for value, reference in zip(grads, expected_grads):
+            torch.testing.assert_close(value, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_model_with_heads_padded_gives_the_same_outputs_and_gradients() -> None:
+    """Every attention of a model with heads of width 6 padded to 8 (stacked K = 2 seeds too): the same logits in
+    eval and the same gradients in training as without padding."""
+    from interp.stacked import StackedModels
+
+    torch.manual_seed(0)
+    model = RoutingModel(_config(d_model=12, n_heads=2, concept_dropout=0.0))
+    padded = copy.deepcopy(model)
+    for module in padded.modules():
+        if isinstance(module, Attention):
+            module.head_multiple = 8
+    x = _inputs(lengths=(9, 4, 3))
+    lengths = torch.tensor([[9, 4, 3], [5, 2, 3], [9, 1, 1], [3, 4, 2], [9, 4, 3], [1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(padded.eval()(*x, lengths, "start").logits,
+                                   model.eval()(*x, lengths, "start").logits, atol=1e-5, rtol=1e-5)
+    target = torch.randint(0, 7, (6,), generator=torch.Generator().manual_seed(2))
+    for m in (model.train(), padded.train()):
+        nn.functional.cross_entropy(m(*x, lengths, "start").logits, target).backward()
+    grads = dict(model.named_parameters())
+    for name, prm in padded.named_parameters():
+        torch.testing.assert_close(prm.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    x2 = [torch.stack([t, t.flip(0)]) for t in x]  # K = 2 stacked seeds, each its own batch order
+    stacks = [StackedModels([m.eval(), m]).bind().eval() for m in (model, padded)]
+    with torch.no_grad():
+        torch.testing.assert_close(stacks[1](*x2).logits, stacks[0](*x2).logits, atol=1e-5, rtol=1e-5)

@@ -97,17 +97,18 @@ def one_model(model: nn.Module, optimizer: torch.optim.Optimizer, x, y, listed: 
     return step
 
 
-def stacked(config: ModelConfig, k: int, x, y):  # type: ignore[no-untyped-def]
-    """One step of ``interp.ensemble_train.train_vectorised``'s loop (its private helpers, as it calls them)."""
-    stack = StackedModels([RoutingModel(config) for _ in range(k)])
-    optimizer = adam([stack.flat], 1e-4, torch.device("cpu"))
+def stacked(config: ModelConfig, k: int, x, y, device: torch.device = torch.device("cpu")):  # type: ignore[no-untyped-def]
+    """One step of ``interp.ensemble_train.train_vectorised``'s loop (its private helpers, as it calls them), with
+    the parameters on ``device`` (``x`` and ``y`` there too)."""
+    stack = StackedModels([RoutingModel(config) for _ in range(k)], device=device)
+    optimizer = adam([stack.flat], 1e-4, device)
     xs = [t.expand(k, *t.shape) for t in x]
     ys = y.expand(k, *y.shape)
     batch = y.shape[0]
     stack.module.train()
 
     def step() -> None:
-        noise = torch.stack([concept_dropout_noise((batch, config.n_concepts, config.d_concept), 0.5, "cpu")
+        noise = torch.stack([concept_dropout_noise((batch, config.n_concepts, config.d_concept), 0.5, device)
                              for _ in range(k)])
         logits = ensemble_train._logits(stack, *xs, noise)
         losses = ensemble_train._per_seed_loss("sentiment", logits, ys)

@@ -5,9 +5,10 @@
 Per model size and batch size, ms per step (median of ``--reps`` interleaved rounds of 5 steps, after a warm-up;
 synchronised before and after each round), random MOSEI-shaped inputs (dims 300/74/35, T = 20), fp32, TF32 off:
 
-* ``one model``: the step of ``interp.train``'s loop (forward, cross-entropy, backward, clip 1.0, fused Adam);
-* ``K stacked``: the step of ``interp.ensemble_train``'s loop for K seeds (``interp.stacked.StackedModels``, one
-  concept-dropout mask per seed, per-seed loss and clipping, fused Adam over the flat leaf). No checkpoints and no
+* ``one model``: the step of ``interp.train``'s loop (forward, cross-entropy, backward, clip 1.0, fused Adam;
+  ``count_ops.one_model``);
+* ``K stacked``: the step of ``interp.ensemble_train``'s loop for K seeds (``count_ops.stacked``: one flat leaf
+  of parameters, one concept-dropout mask per seed, per-seed loss and clipping, fused Adam). No checkpoints and no
   validation: ``bench/ensemble.py`` times whole runs, where K checkpoints are written each epoch;
 * ``graph``: the same one-model step captured once in a CUDA graph (``torch.cuda.graph``, Adam with
   ``capturable=True``) and replayed. interp does not train this way; the row says what the host's launches cost,
@@ -27,55 +28,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from interp import ensemble_train  # noqa: E402
-from interp.model import ModelConfig, RoutingModel, concept_dropout_noise  # noqa: E402
-from interp.stacked import StackedModels  # noqa: E402
+from count_ops import DIMS, SIZES, one_model, stacked  # noqa: E402  (the steps it counts, timed here)
+from interp.model import ModelConfig, RoutingModel  # noqa: E402
 from interp.train import adam  # noqa: E402
-
-DIMS = (300, 74, 35)
-SIZES = {"default": dict(d_model=32, n_heads=4, n_layers=2), "paper": dict(d_model=200, n_heads=20, n_layers=7)}
-
-
-def one_step(model: RoutingModel, optimizer: torch.optim.Optimizer, x, y):  # type: ignore[no-untyped-def]
-    parameters = list(model.parameters())
-
-    def step() -> None:
-        loss = nn.functional.cross_entropy(model(*x).logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-
-    return step
-
-
-def stacked_step(config: ModelConfig, k: int, x, y, device: torch.device):  # type: ignore[no-untyped-def]
-    stack = StackedModels([RoutingModel(config) for _ in range(k)], device=device)
-    optimizer = adam([stack.flat], 1e-4, device)
-    xs, ys = [t.expand(k, *t.shape) for t in x], y.expand(k, *y.shape)
-    shape = (y.shape[0], config.n_concepts, config.d_concept)
-    stack.module.train()
-
-    def step() -> None:
-        noise = torch.stack([concept_dropout_noise(shape, 0.5, device) for _ in range(k)])
-        losses = ensemble_train._per_seed_loss("sentiment", ensemble_train._logits(stack, *xs, noise), ys)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        stack.clip_grad_(1.0)
-        optimizer.step()
-
-    return step
 
 
 def graph_step(config: ModelConfig, x, y):  # type: ignore[no-untyped-def]
     """The one-model step captured in a CUDA graph; returns its replay."""
     model = RoutingModel(config).to(x[0].device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True, capturable=True)
-    step = one_step(model, optimizer, x, y)
+    step = one_model(model, optimizer, x, y)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graph asks
@@ -128,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             y = torch.randint(0, 7, (batch,), generator=g).to(device)
             torch.manual_seed(0)
             model = RoutingModel(config).to(device).train()
-            steps = {"one": one_step(model, adam(model.parameters(), 1e-4, device), x, y),
-                     "stacked": stacked_step(config, args.k, x, y, device)}
+            steps = {"one": one_model(model, adam(model.parameters(), 1e-4, device), x, y),
+                     "stacked": stacked(config, args.k, x, y, device)}
             try:
                 steps["graph"] = graph_step(config, x, y)
             except Exception:  # a capture that fails is reported, the other rows stay

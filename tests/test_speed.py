@@ -12,6 +12,7 @@ from torch import nn
 
 from interp.encoders import Attention
 from interp.model import ModelConfig, RoutingModel
+from interp.stacked import StackedModels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from _old_encoders import OldCrossModalEncoder, OldSelfAttentionEncoder, old_model  # noqa: E402
@@ -175,10 +176,8 @@ def test_attention_with_heads_padded_matches_multihead_attention_and_its_gradien
 
 
 def test_model_with_heads_padded_gives_the_same_outputs_and_gradients() -> None:
-    """Every attention of a model with heads of width 6 padded to 8 (stacked K = 2 seeds too): the same logits in
+    """Every attention of a model with heads of width 6 padded to 8 (stacked as K = 2 models too): the same logits in
     eval and the same gradients in training as without padding."""
-    from interp.stacked import StackedModels
-
     torch.manual_seed(0)
     model = RoutingModel(_config(d_model=12, n_heads=2, concept_dropout=0.0))
     padded = copy.deepcopy(model)
@@ -196,7 +195,7 @@ def test_model_with_heads_padded_gives_the_same_outputs_and_gradients() -> None:
     grads = dict(model.named_parameters())
     for name, prm in padded.named_parameters():
         torch.testing.assert_close(prm.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
-    x2 = [torch.stack([t, t.flip(0)]) for t in x]  # K = 2 stacked seeds, each its own batch order
+    x2 = [torch.stack([t, t.flip(0)]) for t in x]  # K = 2 stacked models, each with its own batch order
     stacks = [StackedModels([m.eval(), m]).bind().eval() for m in (model, padded)]
     with torch.no_grad():
         torch.testing.assert_close(stacks[1](*x2).logits, stacks[0](*x2).logits, atol=1e-5, rtol=1e-5)

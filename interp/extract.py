@@ -22,7 +22,7 @@ from interp import distributed
 from interp.background_writer import BackgroundWriter
 from interp.devices import resolve_device, spare_core
 from interp.errors import InterpError
-from interp.extraction import iterate_batches, open_writer, prepare, run_meta
+from interp.extraction import DataSets, iterate_batches, open_writer, prepare, run_meta
 from interp.progress import progress_bar
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.runwriter import DEFAULT_ROW_GROUP_ROWS, check_target, finalize_run, make_temp_dir
@@ -45,6 +45,7 @@ def extract(
     runs_root: Path | str = DEFAULT_RUNS_ROOT,
     format: str | None = None,
     resident: bool | None = None,
+    datasets: DataSets | None = None,
 ) -> Path:
     """Extract every sample's interpretation values of ``split`` into a run directory; returns its path.
 
@@ -54,7 +55,8 @@ def extract(
     where they take at most a quarter of its free memory (one process only: under ``torchrun`` each rank streams
     its chunk).
     ``format``: the data layout (``mult`` / ``mmsa``; None detects it). Padding is masked for checkpoints trained
-    with it (:func:`interp.checkpoint.masks_padding`).
+    with it (:func:`interp.checkpoint.masks_padding`). ``datasets``: data sets already read, reused and filled
+    (:func:`interp.extraction.read_data`; ``extract_many`` passes one to all its checkpoints).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its own contiguous chunk of the samples into
     ``routing-rank<k>.parquet`` / ``samples-rank<k>.parquet`` and rank 0 writes meta.json last
@@ -65,11 +67,11 @@ def extract(
         return _extract_distributed(
             world, ckpt, data=data, split=split, out=out, batch_size=batch_size, device=device, force=force,
             amp=amp, num_workers=num_workers, compile=compile, progress=progress, row_group_rows=row_group_rows,
-            runs_root=runs_root, format=format,
+            runs_root=runs_root, format=format, datasets=datasets,
         )
     torch_device = resolve_device(device)
     loaded, dataset, source, out_dir = prepare(
-        ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format
+        ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format, datasets
     )
     model = torch.compile(loaded.model) if compile else loaded.model
     writer = open_writer(loaded, source, out_dir, force, row_group_rows)
@@ -112,6 +114,7 @@ def _extract_distributed(
     row_group_rows: int,
     runs_root: Path | str,
     format: str | None = None,
+    datasets: DataSets | None = None,
 ) -> Path:
     """One rank of ``torchrun ... interp extract``: extract this rank's shard; rank 0 completes the run.
 
@@ -130,7 +133,7 @@ def _extract_distributed(
         error: BaseException | None = None
         try:
             loaded, dataset, source, out_dir = prepare(
-                ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format
+                ckpt, data, split, out, batch_size, torch_device, amp, runs_root, format, datasets
             )
             check_target(out_dir, force)
         except Exception as exc:  # every rank must reach the exchange below, or the others would wait forever

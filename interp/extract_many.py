@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from interp.errors import CheckpointError, InterpError
 from interp.extract import extract
-from interp.extraction import default_run_dir
+from interp.extraction import DataSets, default_run_dir
 from interp.runs import DEFAULT_RUNS_ROOT
 from interp.outputs import check_not_input
 from interp.runwriter import check_target
@@ -91,7 +91,8 @@ def extract_many(
     **options: Any,
 ) -> list[Path]:
     """Extract each checkpoint named by ``ckpts`` (paths or glob patterns) with :func:`interp.extract.extract`;
-    returns the run directories in checkpoint order.
+    returns the run directories in checkpoint order. Checkpoints in a row that use one data file (the seeds of
+    one training) share one read of it: unpickled, checked and hashed once (:func:`interp.extraction.read_data`).
 
     ``out``: with one checkpoint, the run folder (default ``runs/<stem>-<split>``); with several, the parent folder
     of their runs (default ``runs_root``). ``options``: the other keyword options of ``extract`` (batch_size,
@@ -102,8 +103,10 @@ def extract_many(
     for ckpt, target in zip(paths, targets):
         check_not_input(target, {"checkpoint": ckpt}, holds=True)  # the more telling message first
         check_target(target, force)
+    datasets: DataSets = {}
     return [
-        extract(ckpt, data=data, split=split, out=target, force=force, runs_root=runs_root, **options)
+        extract(ckpt, data=data, split=split, out=target, force=force, runs_root=runs_root, datasets=datasets,
+                **options)
         for ckpt, target in zip(paths, targets)
     ]
 

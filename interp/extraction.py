@@ -262,6 +262,26 @@ def run_meta(
     }
 
 
+#: The data set read last, by (resolved file, format): :func:`read_data` keeps it there, so that several extractions
+#: in one call (:func:`interp.extract_many.extract_many`, seeds of one training) read and hash their file once.
+DataSets = dict[tuple[Path, str | None], Dataset]
+
+
+def read_data(path: Path | str, format: str | None = None, datasets: DataSets | None = None) -> Dataset:
+    """``load_dataset(path, format)``, or the data set that ``datasets`` holds for that file and format.
+
+    ``datasets`` keeps only the data set read last (another file replaces it), so memory holds one data set at a
+    time, as without it. The file is not read again, so a change to it in the meantime goes unseen: a
+    ``datasets`` should live as long as one call, as in ``extract_many``."""
+    if datasets is None:
+        return load_dataset(path, format=format)
+    key = (Path(path).expanduser().resolve(), format)
+    if key not in datasets:
+        datasets.clear()
+        datasets[key] = load_dataset(path, format=format)
+    return datasets[key]
+
+
 def prepare(
     ckpt: Path | str,
     data: Path | str | None,
@@ -272,8 +292,11 @@ def prepare(
     amp: str | None,
     runs_root: Path | str,
     format: str | None = None,
+    datasets: DataSets | None = None,
 ) -> tuple[LoadedModel, Dataset, ExtractionSource, Path]:
-    """Check the options, load the checkpoint and the data; returns (loaded, dataset, source, run directory)."""
+    """Check the options, load the checkpoint and the data; returns (loaded, dataset, source, run directory).
+
+    ``datasets``: data sets read by earlier calls, reused and filled (:func:`read_data`)."""
     if amp is not None and amp not in AMP:
         raise InterpError(f"unknown --amp {amp!r}; choose one of {', '.join(AMP)}")
     if amp == "bf16" and torch_device.type != "cuda":
@@ -284,7 +307,7 @@ def prepare(
     split = split or "test"
     if split not in SPLITS + ("all",):
         raise InterpError(f"unknown split {split!r}; choose train, valid, test or all")
-    dataset = load_dataset(resolve_data_path(loaded.checkpoint, data), format=format)
+    dataset = read_data(resolve_data_path(loaded.checkpoint, data), format, datasets)
     source = select_source(dataset, split)
     for part in source.parts:
         check_compatible(loaded, dataset, part)

@@ -17,7 +17,9 @@ import torch
 
 from interp.cli import main
 from interp.data import load_dataset
+from interp import extraction
 from interp.errors import InterpError
+from interp.extract import extract
 from interp.extract_many import expand_checkpoints, extract_many
 from interp.runreader import has_column
 from interp.runs import check_run
@@ -235,6 +237,37 @@ def test_extract_several_checkpoints_by_pattern(seed_models: tuple[Path, str], t
                      progress=False)
     code, _, err = _cli(["extract", "--ckpt", str(tmp_path / "nothing-*.pt")])
     assert code == 2 and "no checkpoint matches" in err
+
+
+def test_extract_many_reads_the_data_once_and_writes_what_extract_writes(
+        seed_models: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _ = seed_models
+    ckpts = [out.parent / "model-seed0.pt", out.parent / "model-seed2.pt"]
+    alone = extract(ckpts[1], out=tmp_path / "alone", device="cpu", progress=False)
+    reads: list[Path] = []
+    load = extraction.load_dataset
+    monkeypatch.setattr(extraction, "load_dataset",
+                        lambda path, format=None: reads.append(Path(path)) or load(path, format=format))
+    runs = extract_many(ckpts, out=tmp_path / "many", device="cpu", progress=False)
+    assert len(reads) == 1  # the second checkpoint takes the data set the first one read
+    for name in ("samples.parquet", "routing.parquet"):  # ... after the first extraction used it: nothing changed
+        pd.testing.assert_frame_equal(pd.read_parquet(alone / name), pd.read_parquet(runs[1] / name))
+    metas = [check_run(run) for run in (alone, *runs)]
+    assert len({m["data_sha256"] for m in metas}) == 1 and metas[0]["data"] == metas[2]["data"]
+
+
+def test_read_data_keeps_the_last_file_only(synth_data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.pkl"
+    shutil.copy(synth_data, copy)
+    datasets: extraction.DataSets = {}
+    link = tmp_path / "link.pkl"
+    link.symlink_to(synth_data)
+    first = extraction.read_data(synth_data, None, datasets)
+    assert extraction.read_data(link, None, datasets) is first  # the same file by another name
+    other = extraction.read_data(copy, None, datasets)
+    assert other is not first and other.sha256 == first.sha256 and list(datasets) == [(copy.resolve(), None)]
+    assert extraction.read_data(synth_data, "mult", datasets) is not first  # another format is another read
+    assert extraction.read_data(synth_data) is not extraction.read_data(synth_data)  # no datasets: always read
 
 
 def test_extract_repeated_ckpt_and_natural_order(tmp_path: Path) -> None:

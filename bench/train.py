@@ -17,8 +17,10 @@ Then ``interp extract`` end to end on a synthetic test split of the same shape, 
 the same samples with the same checkpoint (interleaved): the extraction overhead, split into the fixed start-up
 seconds (``interp.extraction.prepare``: checkpoint and data read and checked) and the steady-state ratio (forward
 samples/s over the samples/s of the rest of ``extract``: batches, routing outputs, parquet). Times are the median over
-``--reps``; the load average is printed (the machine may be shared). Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256]
-[--reps 3] [--device cpu|cuda|auto] [--quick] [--json PATH]``.
+``--reps``; the load average is printed (the machine may be shared). ``--extract-k K`` adds K seeds' checkpoints of
+each model: one ``extract_many`` call (the data file read once) against K ``extract`` calls and K forward-only passes.
+Usage: ``python bench/train.py [--threads 1] [--models default,paper] [--batch-sizes 32,256] [--reps 3]
+[--device cpu|cuda|auto] [--extract-k K] [--quick] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -166,6 +168,50 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
                 steady=statistics.median(steady), streamed=statistics.median(streamed) if streamed else float("nan"))
 
 
+def seeds_extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
+                              reps: int, k: int) -> dict[str, float]:
+    """Seconds to extract ``k`` checkpoints (seeds 0..k-1, one data file) of ``n`` test samples: ``many``, one
+    ``interp.extract_many.extract_many`` call (the data read once); ``separate``, ``k`` calls of
+    ``interp.extract.extract`` (the data read ``k`` times, as ``extract_many`` did before); ``forward``, the ``k``
+    models' forward-only passes over the same samples. Interleaved, one warm-up round, medians."""
+    from interp.checkpoint import load_checkpoint
+    from interp.extract import extract
+    from interp.extract_many import extract_many
+    from interp.synth import write_synthetic
+    from interp.train import train
+
+    data = workdir / f"data-{n}-{seq_len}.pkl"
+    if not data.exists():
+        write_synthetic(data, task="sentiment", n_train=64, n_valid=32, n_test=n, seq_len=seq_len, dims=DIMS, seed=0)
+    ckpts = [workdir / f"seeds-{config_size['d_model']}" / f"model-seed{seed}.pt" for seed in range(k)]
+    for seed, ckpt in enumerate(ckpts):
+        if not ckpt.exists():
+            train(data, ckpt, epochs=1, device="cpu", progress=False, seed=seed, **config_size)
+    models = [load_checkpoint(ckpt, device).model for ckpt in ckpts]
+    x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
+    times: dict[str, list[float]] = {"forward": [], "many": [], "separate": []}
+    for i in range(reps + 1):
+        _sync(torch.device(device))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for model in models:
+                for s in range(0, n, batch):
+                    model(*(t[s : s + batch] for t in x))
+        _sync(torch.device(device))
+        forward = time.perf_counter()
+        extract_many(ckpts, data, split="test", out=workdir / "many", batch_size=batch, device=device, force=True,
+                     progress=False)
+        many = time.perf_counter()
+        for ckpt in ckpts:
+            extract(ckpt, data, split="test", out=workdir / "separate" / ckpt.stem, batch_size=batch, device=device,
+                    force=True, progress=False)
+        if i:
+            times["forward"].append(forward - start)
+            times["many"].append(many - forward)
+            times["separate"].append(time.perf_counter() - many)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned; default %(default)s)")
@@ -178,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-extract", action="store_true", help="skip the extraction-overhead rows")
     parser.add_argument("--extract-n", default="default=4096,paper=512",
                         help="test-split samples of the extraction rows per model (default: %(default)s)")
+    parser.add_argument("--extract-k", type=int, default=0, metavar="K",
+                        help="also extract K seeds' checkpoints of each model: extract_many against K separate "
+                             "extract calls and K forward-only passes")
     parser.add_argument("--profile-extract", action="store_true",
                         help="after each extraction row, profile one more interp extract (cProfile, main thread)")
     parser.add_argument("--quick", action="store_true", help="default model, B = 32, 1 rep")
@@ -250,6 +299,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"{limit:.1f} samples/s, overhead x{limit / rate:.2f} (forward {n / limit:.2f} s, extract "
                           f"{n / rate:.2f} s = start-up {got['startup']:.3f} s + steady x{limit / got['steady']:.2f})"
                           + (f"; streamed x{limit / got['streamed']:.2f}" if device_name == "cuda" else ""), flush=True)
+                    if args.extract_k > 1:
+                        k = args.extract_k
+                        got = seeds_extraction_overhead(SIZES[size_name], n, args.seq_len, 256, device_name, Path(tmp),
+                                                        reps, k)
+                        rows.append(dict(device=f"{device_name}/fp32", model=size_name, batch=256, n=n, k=k,
+                                         phase="extract seeds", **{f"{key}_s": v for key, v in got.items()}))
+                        print(f"{device_name}/fp32 {size_name:<8} n={n} B=256, {k} seeds: forward-only "
+                              f"{got['forward']:.2f} s; extract_many {got['many']:.2f} s (x{got['many'] / got['forward']:.2f}); "
+                              f"{k} separate extract calls {got['separate']:.2f} s (x{got['separate'] / got['forward']:.2f})",
+                              flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

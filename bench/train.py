@@ -173,7 +173,9 @@ def seeds_extraction_overhead(config_size: dict, n: int, seq_len: int, batch: in
     """Seconds to extract ``k`` checkpoints (seeds 0..k-1, one data file) of ``n`` test samples: ``many``, one
     ``interp.extract_many.extract_many`` call (the data read once); ``separate``, ``k`` calls of
     ``interp.extract.extract`` (the data read ``k`` times, as ``extract_many`` did before); ``forward``, the ``k``
-    models' forward-only passes over the same samples. Interleaved, one warm-up round, medians."""
+    models' forward-only passes over the same samples. Interleaved, one warm-up round, medians of wall seconds;
+    ``*_cpu``: CPU seconds of the process (all threads; the data file's hash runs in a second thread), which a
+    machine shared with other work disturbs less."""
     from interp.checkpoint import load_checkpoint
     from interp.extract import extract
     from interp.extract_many import extract_many
@@ -189,26 +191,27 @@ def seeds_extraction_overhead(config_size: dict, n: int, seq_len: int, batch: in
             train(data, ckpt, epochs=1, device="cpu", progress=False, seed=seed, **config_size)
     models = [load_checkpoint(ckpt, device).model for ckpt in ckpts]
     x = [torch.randn(n, seq_len, d, device=device) for d in DIMS]
-    times: dict[str, list[float]] = {"forward": [], "many": [], "separate": []}
+    times: dict[str, list[float]] = {}
     for i in range(reps + 1):
+        marks = [(time.perf_counter(), time.process_time())]
         _sync(torch.device(device))
-        start = time.perf_counter()
         with torch.inference_mode():
             for model in models:
                 for s in range(0, n, batch):
                     model(*(t[s : s + batch] for t in x))
         _sync(torch.device(device))
-        forward = time.perf_counter()
+        marks.append((time.perf_counter(), time.process_time()))
         extract_many(ckpts, data, split="test", out=workdir / "many", batch_size=batch, device=device, force=True,
                      progress=False)
-        many = time.perf_counter()
+        marks.append((time.perf_counter(), time.process_time()))
         for ckpt in ckpts:
             extract(ckpt, data, split="test", out=workdir / "separate" / ckpt.stem, batch_size=batch, device=device,
                     force=True, progress=False)
-        if i:
-            times["forward"].append(forward - start)
-            times["many"].append(many - forward)
-            times["separate"].append(time.perf_counter() - many)
+        marks.append((time.perf_counter(), time.process_time()))
+        for name, before, after in zip(("forward", "many", "separate"), marks, marks[1:]):
+            if i:
+                times.setdefault(name, []).append(after[0] - before[0])
+                times.setdefault(f"{name}_cpu", []).append(after[1] - before[1])
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -305,10 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                                                         reps, k)
                         rows.append(dict(device=f"{device_name}/fp32", model=size_name, batch=256, n=n, k=k,
                                          phase="extract seeds", **{f"{key}_s": v for key, v in got.items()}))
-                        print(f"{device_name}/fp32 {size_name:<8} n={n} B=256, {k} seeds: forward-only "
-                              f"{got['forward']:.2f} s; extract_many {got['many']:.2f} s (x{got['many'] / got['forward']:.2f}); "
-                              f"{k} separate extract calls {got['separate']:.2f} s (x{got['separate'] / got['forward']:.2f})",
-                              flush=True)
+                        print(f"{device_name}/fp32 {size_name:<8} n={n} B=256, {k} seeds (wall s / CPU s): forward-only "
+                              f"{got['forward']:.2f} / {got['forward_cpu']:.2f}; extract_many {got['many']:.2f} / "
+                              f"{got['many_cpu']:.2f} (x{got['many'] / got['forward']:.2f} / "
+                              f"x{got['many_cpu'] / got['forward_cpu']:.2f}); {k} extract calls {got['separate']:.2f} / "
+                              f"{got['separate_cpu']:.2f} (x{got['separate'] / got['forward']:.2f} / "
+                              f"x{got['separate_cpu'] / got['forward_cpu']:.2f})", flush=True)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

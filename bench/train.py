@@ -104,6 +104,16 @@ def time_paths(paths: dict[str, tuple], x, y, reps: int, device: torch.device, a
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def _test_split_data(workdir: Path, n: int, seq_len: int) -> Path:
+    """A synthetic sentiment data file in ``workdir`` with a test split of ``n`` samples (written once)."""
+    from interp.synth import write_synthetic
+
+    data = workdir / f"data-{n}-{seq_len}.pkl"
+    if not data.exists():
+        write_synthetic(data, task="sentiment", n_train=64, n_valid=32, n_test=n, seq_len=seq_len, dims=DIMS, seed=0)
+    return data
+
+
 def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, device: str, workdir: Path,
                         reps: int, profile: bool = False) -> dict[str, float]:
     """``extract`` and ``forward`` samples/s, ``startup`` s and ``steady`` samples/s on a synthetic test split of
@@ -120,13 +130,10 @@ def extraction_overhead(config_size: dict, n: int, seq_len: int, batch: int, dev
     """
     from interp.extract import extract
     from interp.extraction import prepare
-    from interp.synth import write_synthetic
     from interp.checkpoint import load_checkpoint
     from interp.train import train
 
-    data = workdir / f"data-{n}-{seq_len}.pkl"
-    if not data.exists():
-        write_synthetic(data, task="sentiment", n_train=64, n_valid=32, n_test=n, seq_len=seq_len, dims=DIMS, seed=0)
+    data = _test_split_data(workdir, n, seq_len)
     ckpt = workdir / f"model-{config_size['d_model']}-{config_size['n_layers']}.pt"
     if not ckpt.exists():
         train(data, ckpt, epochs=1, device="cpu", progress=False, **config_size)
@@ -179,12 +186,9 @@ def seeds_extraction_overhead(config_size: dict, n: int, seq_len: int, batch: in
     from interp.checkpoint import load_checkpoint
     from interp.extract import extract
     from interp.extract_many import extract_many
-    from interp.synth import write_synthetic
     from interp.train import train
 
-    data = workdir / f"data-{n}-{seq_len}.pkl"
-    if not data.exists():
-        write_synthetic(data, task="sentiment", n_train=64, n_valid=32, n_test=n, seq_len=seq_len, dims=DIMS, seed=0)
+    data = _test_split_data(workdir, n, seq_len)
     ckpts = [workdir / f"seeds-{config_size['d_model']}" / f"model-seed{seed}.pt" for seed in range(k)]
     for seed, ckpt in enumerate(ckpts):
         if not ckpt.exists():

@@ -375,6 +375,12 @@ def _check_dims_agree(splits: dict[str, Split]) -> None:
             raise DataError(f"feature sizes differ between splits ({diffs}); all splits must share them")
 
 
+def planted_path_for(data_path: Path | str) -> Path:
+    """Where the planted JSON of a data file lives: ``<stem>.planted.json`` beside it."""
+    path = Path(data_path)
+    return path.with_name(path.stem + PLANTED_SUFFIX)
+
+
 def read_planted(path: Path | str, sha256: str | None = None) -> dict[str, Any] | None:
     """The planted-truth JSON beside a data file (``<stem>.planted.json``), or None if there is none.
 
@@ -382,7 +388,7 @@ def read_planted(path: Path | str, sha256: str | None = None) -> dict[str, Any] 
     every report that compares planted with recovered links).
     """
     path = Path(path)
-    sidecar = path.with_name(path.stem + PLANTED_SUFFIX)
+    sidecar = planted_path_for(path)
     if not sidecar.is_file():
         return None
     info = check_planted_info(read_json(sidecar, DataError, "delete it or regenerate the data"), str(sidecar))

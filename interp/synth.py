@@ -41,7 +41,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from interp.runs import atomic_write_bytes
-from interp.data import PLANTED_SUFFIX
+from interp.data import planted_path_for
 from interp.errors import InterpError
 from interp.guard import check_memory, check_seed
 from interp.outputs import looks_like_synthetic
@@ -269,12 +269,6 @@ def _ids_and_transcripts(
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-
-
-def planted_path_for(data_path: Path | str) -> Path:
-    """Where the planted JSON of a data file lives: ``<stem>.planted.json`` beside it."""
-    path = Path(data_path)
-    return path.with_name(path.stem + PLANTED_SUFFIX)
 
 
 def write_synthetic(

@@ -20,7 +20,7 @@ from torch import nn
 
 from interp import guard
 from interp.checkpoint import check_model_config, cpu_state, restore_checkpoint, save_checkpoint
-from interp.data import PLANTED_SUFFIX, Dataset, Split, get_split, input_dims, load_dataset
+from interp.data import Dataset, Split, get_split, input_dims, load_dataset, planted_path_for
 from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.inference import predict_logits, split_lengths
@@ -191,7 +191,7 @@ ENCODER_DROPOUTS = ("embed", "attn", "relu", "res")
 def check_outputs(out: Path, data_path: Path, resume: bool) -> None:
     """Refuse an ``out`` that is one of the inputs or (without ``resume``) a file that is not a checkpoint;
     create its folder, so that a bad path fails before training, not after the first epoch."""
-    check_not_input(out, {"data file": data_path, "planted map beside the data": _planted_sidecar(data_path)})
+    check_not_input(out, {"data file": data_path, "planted map beside the data": planted_path_for(data_path)})
     if not resume:
         check_replaceable_checkpoint(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -353,11 +353,6 @@ def train(
         device=str(torch_device),
         history=history,
     )
-
-
-def _planted_sidecar(data_path: Path) -> Path:
-    """``<stem>.planted.json`` beside a data file (see :func:`interp.data.read_planted`)."""
-    return data_path.with_name(data_path.stem + PLANTED_SUFFIX)
 
 
 def _diverged(which: str, value: float, epoch: int, lr: float, best: dict[str, Any], out: Path) -> str:

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from interp.data import planted_path_for
 from interp.errors import InterpError, RunError
 from interp.guard import printable, read_json
 from interp.schema import META_FILE
@@ -112,7 +113,7 @@ def looks_like_synthetic(data: Path | str, tag: str) -> bool:
     """True when ``data`` (if it exists) and its ``<stem>.planted.json`` were written together by
     `interp data synth`: the JSON carries the format ``tag`` and the data file's SHA-256."""
     data = Path(data)
-    sidecar = data.with_name(data.stem + ".planted.json")
+    sidecar = planted_path_for(data)
     try:
         info = read_json(sidecar, InterpError, "")
     except InterpError:
